@@ -1,0 +1,184 @@
+// The Python face of the native core: a0gw._native.
+//
+// Every call that touches shared memory, copies a payload or may block drops
+// the GIL first (py::gil_scoped_release at the call site below).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "encoding.hpp"
+#include "publish.hpp"
+#include "sources.hpp"
+#include "stream.hpp"
+
+namespace py = pybind11;
+using namespace a0gw;
+
+namespace {
+
+a0::Reader::Options reader_options(int init, int iter) {
+  return a0::Reader::Options(static_cast<a0::Reader::Init>(init),
+                             static_cast<a0::Reader::Iter>(iter));
+}
+
+StreamOptions stream_options(int scheduler, int encoding, std::optional<uint64_t> seq_min,
+                             size_t drain_bytes, size_t immediate_bytes) {
+  StreamOptions opts;
+  opts.scheduler = static_cast<Scheduler>(scheduler);
+  opts.encoding = static_cast<Encoding>(encoding);
+  opts.seq_min = seq_min;
+  opts.drain_bytes = drain_bytes;
+  opts.immediate_bytes = immediate_bytes;
+  return opts;
+}
+
+// Hands a batch to Python as (bytes, close_code, close_reason).  The bytes
+// object is allocated with the GIL and filled without it.
+py::tuple batch_to_python(Batch batch) {
+  PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(batch.total));
+  if (!raw) throw py::error_already_set();
+  py::bytes data = py::reinterpret_steal<py::bytes>(raw);
+  char* dst = PyBytes_AS_STRING(raw);
+  {
+    py::gil_scoped_release release;
+    for (size_t i = 0; i < batch.frames.size(); ++i) {
+      size_t len = batch.frames[i].size() - batch.offsets[i];
+      std::memcpy(dst, batch.frames[i].data() + batch.offsets[i], len);
+      dst += len;
+    }
+    batch.frames.clear();
+  }
+  return py::make_tuple(std::move(data), batch.close_code, std::move(batch.close_reason));
+}
+
+#define STREAM_ARGS                                                                      \
+  py::arg("scheduler"), py::arg("encoding"), py::arg("seq_min") = py::none(),            \
+      py::arg("drain_bytes") = StreamOptions{}.drain_bytes,                              \
+      py::arg("immediate_bytes") = StreamOptions{}.immediate_bytes
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "Native core of a0gw: AlephZero access, frame building and encodings.";
+
+  py::register_exception<AlephZeroError>(m, "AlephZeroError", PyExc_RuntimeError);
+  py::register_exception<InvalidBase64>(m, "InvalidBase64", PyExc_ValueError);
+
+  m.attr("INIT_OLDEST") = static_cast<int>(a0::Reader::Init::OLDEST);
+  m.attr("INIT_MOST_RECENT") = static_cast<int>(a0::Reader::Init::MOST_RECENT);
+  m.attr("INIT_AWAIT_NEW") = static_cast<int>(a0::Reader::Init::AWAIT_NEW);
+  m.attr("ITER_NEXT") = static_cast<int>(a0::Reader::Iter::NEXT);
+  m.attr("ITER_NEWEST") = static_cast<int>(a0::Reader::Iter::NEWEST);
+  m.attr("SCHEDULER_IMMEDIATE") = static_cast<int>(Scheduler::kImmediate);
+  m.attr("SCHEDULER_ON_ACK") = static_cast<int>(Scheduler::kOnAck);
+  m.attr("SCHEDULER_ON_DRAIN") = static_cast<int>(Scheduler::kOnDrain);
+  m.attr("ENCODING_NONE") = static_cast<int>(Encoding::kNone);
+  m.attr("ENCODING_BASE64") = static_cast<int>(Encoding::kBase64);
+
+  // --- Encodings (exposed for tests and benchmarks) -------------------------
+  m.def(
+      "b64encode",
+      [](py::bytes data) {
+        std::string_view in = data;
+        std::string out;
+        {
+          py::gil_scoped_release release;
+          base64_encode(in, out);
+        }
+        return py::bytes(out);
+      },
+      "Standard padded base64 of `data`.");
+  m.def(
+      "b64decode",
+      [](std::string_view text) {
+        std::string out;
+        std::optional<size_t> bad;
+        {
+          py::gil_scoped_release release;
+          bad = base64_decode(text, out);
+        }
+        if (bad) throw InvalidBase64(*bad);
+        return py::bytes(out);
+      },
+      "Decodes padded standard base64; raises InvalidBase64.");
+
+  // --- Hub and streams --------------------------------------------------------
+  py::class_<Hub, std::shared_ptr<Hub>>(m, "Hub", "Wakes the event loop when streams have frames.")
+      .def(py::init<>())
+      .def_property_readonly("fd", &Hub::fd)
+      .def("take_ready", &Hub::take_ready, "Clears the eventfd; returns ready stream ids.");
+
+  py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Frames from one AlephZero source.")
+      .def_property_readonly("id", &Stream::id)
+      .def_property_readonly("dropped", &Stream::dropped)
+      .def_property_readonly("delivered", &Stream::delivered)
+      .def(
+          "take",
+          [](Stream& s) {
+            Batch batch;
+            {
+              py::gil_scoped_release release;
+              batch = s.take();
+            }
+            return batch_to_python(std::move(batch));
+          },
+          "Returns (frames, close_code, close_reason); frames is one bytes object.")
+      .def("ack", &Stream::ack, py::call_guard<py::gil_scoped_release>())
+      .def("close", &Stream::close, py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "open_subscriber",
+      [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic, int init, int iter,
+         int scheduler, int encoding, std::optional<uint64_t> seq_min, size_t drain_bytes,
+         size_t immediate_bytes) {
+        py::gil_scoped_release release;
+        return open_subscriber(std::move(hub), id, topic, reader_options(init, iter),
+                               stream_options(scheduler, encoding, seq_min, drain_bytes,
+                                              immediate_bytes));
+      },
+      py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("init"), py::arg("iter"),
+      STREAM_ARGS, "Streams the pubsub topic `topic`.");
+  m.def(
+      "open_reader",
+      [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& path, int init, int iter,
+         int scheduler, int encoding, std::optional<uint64_t> seq_min, size_t drain_bytes,
+         size_t immediate_bytes) {
+        py::gil_scoped_release release;
+        return open_reader(std::move(hub), id, path, reader_options(init, iter),
+                           stream_options(scheduler, encoding, seq_min, drain_bytes,
+                                          immediate_bytes));
+      },
+      py::arg("hub"), py::arg("id"), py::arg("path"), py::arg("init"), py::arg("iter"),
+      STREAM_ARGS, "Streams the AlephZero file at `path`.");
+
+  // --- One-shot writes ----------------------------------------------------------
+  py::class_<PublisherCache>(m, "PublisherCache", "Publishers kept open per topic.")
+      .def(py::init<size_t>(), py::arg("capacity") = 256)
+      .def(
+          "publish",
+          [](PublisherCache& cache, const std::string& topic, const HeaderList& headers,
+             std::string_view payload, bool payload_is_base64) {
+            py::gil_scoped_release release;
+            cache.publish(topic, headers, payload, payload_is_base64);
+          },
+          py::arg("topic"), py::arg("headers"), py::arg("payload"), py::arg("base64"),
+          "Publishes one packet on `topic` with AlephZero's standard headers.");
+  m.def(
+      "write_file",
+      [](const std::string& path, const HeaderList& headers, std::string_view payload,
+         bool payload_is_base64, bool standard_headers) {
+        py::gil_scoped_release release;
+        write_file(path, headers, payload, payload_is_base64, standard_headers);
+      },
+      py::arg("path"), py::arg("headers"), py::arg("payload"), py::arg("base64"),
+      py::arg("standard_headers"), "Writes one packet to the AlephZero file at `path`.");
+
+  // --- Deadman --------------------------------------------------------------------
+  py::class_<a0::Deadman>(m, "Deadman", "AlephZero deadman of a topic.", py::module_local())
+      .def(py::init([](const std::string& topic) { return a0::Deadman(a0::DeadmanTopic(topic)); }))
+      .def("take", py::overload_cast<>(&a0::Deadman::take),
+           py::call_guard<py::gil_scoped_release>())
+      .def("try_take", &a0::Deadman::try_take, py::call_guard<py::gil_scoped_release>())
+      .def("release", &a0::Deadman::release, py::call_guard<py::gil_scoped_release>());
+}

@@ -1,0 +1,63 @@
+#include "publish.hpp"
+
+#include "encoding.hpp"
+#include "sources.hpp"
+
+namespace a0gw {
+
+namespace {
+
+// Builds the packet, decoding the payload first when it is base64.  The
+// packet refers to `payload` or to `decoded`, which must outlive it.
+a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,
+                       std::string& decoded) {
+  std::unordered_multimap<std::string, std::string> header_map(headers.begin(), headers.end());
+  if (payload_is_base64) {
+    decoded.reserve(payload.size() / 4 * 3);
+    if (auto bad = base64_decode(payload, decoded)) throw InvalidBase64(*bad);
+    payload = decoded;
+  }
+  return a0::Packet(std::move(header_map), a0::string_view(payload.data(), payload.size()),
+                    a0::ref);
+}
+
+}  // namespace
+
+a0::Publisher& PublisherCache::get(const std::string& topic) {
+  auto it = publishers_.find(topic);
+  if (it != publishers_.end()) return it->second;
+  if (publishers_.size() >= capacity_) publishers_.erase(publishers_.begin());
+  try {
+    return publishers_.emplace(topic, a0::Publisher(a0::PubSubTopic(topic))).first->second;
+  } catch (const std::exception& e) {
+    throw AlephZeroError(e.what());
+  }
+}
+
+void PublisherCache::publish(const std::string& topic, const HeaderList& headers,
+                             std::string_view payload, bool payload_is_base64) {
+  std::string decoded;
+  a0::Packet pkt = make_packet(headers, payload, payload_is_base64, decoded);
+  std::lock_guard<std::mutex> lk(mu_);
+  a0::Publisher& publisher = get(topic);
+  try {
+    publisher.pub(pkt);
+  } catch (const std::exception& e) {
+    throw AlephZeroError(e.what());
+  }
+}
+
+void write_file(const std::string& path, const HeaderList& headers, std::string_view payload,
+                bool payload_is_base64, bool standard_headers) {
+  std::string decoded;
+  a0::Packet pkt = make_packet(headers, payload, payload_is_base64, decoded);
+  try {
+    a0::Writer writer{a0::File(path)};
+    if (standard_headers) writer.push(a0::add_standard_headers());
+    writer.write(pkt);
+  } catch (const std::exception& e) {
+    throw AlephZeroError(e.what());
+  }
+}
+
+}  // namespace a0gw

@@ -1,0 +1,49 @@
+// One-shot writes: publishing on a pubsub topic and writing to a file.
+#pragma once
+
+#include <a0.h>
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace a0gw {
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// A payload that is not valid base64; `offset` is the first bad character.
+struct InvalidBase64 : std::invalid_argument {
+  size_t offset;
+  explicit InvalidBase64(size_t off)
+      : std::invalid_argument("not valid base64 at character " + std::to_string(off)),
+        offset(off) {}
+};
+
+// Publishers kept open per topic, so a publish does not reopen and remap the
+// topic's file every time.  Holds at most `capacity` topics.
+class PublisherCache {
+ public:
+  explicit PublisherCache(size_t capacity) : capacity_(capacity) {}
+
+  // Publishes with AlephZero's standard headers added, as a0::Publisher does.
+  void publish(const std::string& topic, const HeaderList& headers, std::string_view payload,
+               bool payload_is_base64);
+
+ private:
+  a0::Publisher& get(const std::string& topic);
+
+  size_t capacity_;
+  std::mutex mu_;
+  std::unordered_map<std::string, a0::Publisher> publishers_;
+};
+
+// Writes one packet to the AlephZero file at `path`, adding the standard
+// headers only when asked.
+void write_file(const std::string& path, const HeaderList& headers, std::string_view payload,
+                bool payload_is_base64, bool standard_headers);
+
+}  // namespace a0gw

@@ -1,0 +1,270 @@
+#include "stream.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <stdexcept>
+#include <system_error>
+
+#include "encoding.hpp"
+
+namespace a0gw {
+
+namespace {
+
+// Room left at the front of every frame for the largest WebSocket header, so
+// the header can be written in place once the JSON length is known.
+constexpr size_t kHeaderRoom = 10;
+
+// Header the gateway adds to a packet that follows packets dropped by the
+// IMMEDIATE scheduler; its value is how many were dropped just before it.
+constexpr std::string_view kDroppedHeader = "a0gw_dropped";
+
+std::optional<uint64_t> transport_seq(const a0::Packet& pkt) {
+  auto it = pkt.headers().find("a0_transport_seq");
+  if (it == pkt.headers().end()) return std::nullopt;
+  char* end = nullptr;
+  uint64_t seq = std::strtoull(it->second.c_str(), &end, 10);
+  if (end == it->second.c_str()) return std::nullopt;
+  return seq;
+}
+
+std::string not_utf8_reason(std::string_view what, size_t offset) {
+  // A close reason must fit in 123 bytes (RFC 6455 §5.5); this does.
+  return std::string(what) + " is not UTF-8 at byte " + std::to_string(offset) +
+         "; use response_encoding \"base64\"";
+}
+
+// Puts the WebSocket header in front of the JSON that follows kHeaderRoom and
+// returns where the frame starts.
+size_t finish_frame(std::string& buf) {
+  size_t json_len = buf.size() - kHeaderRoom;
+  size_t offset = kHeaderRoom - ws_header_size(json_len);
+  ws_write_text_header(json_len, buf.data() + offset);
+  return offset;
+}
+
+}  // namespace
+
+// --- Hub ---------------------------------------------------------------------
+
+Hub::Hub() : efd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  if (efd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+}
+
+Hub::~Hub() { ::close(efd_); }
+
+void Hub::notify(uint64_t id) {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    wake = ready_.empty();
+    ready_.push_back(id);
+  }
+  if (wake) {
+    uint64_t one = 1;
+    // Can only fail with EAGAIN when the counter is saturated: already readable.
+    [[maybe_unused]] ssize_t n = ::write(efd_, &one, sizeof(one));
+  }
+}
+
+std::vector<uint64_t> Hub::take_ready() {
+  // Clear the eventfd before taking the list: a notify() racing with this call
+  // then either lands in this list or writes the eventfd again.
+  uint64_t count;
+  [[maybe_unused]] ssize_t n = ::read(efd_, &count, sizeof(count));
+  std::vector<uint64_t> out;
+  std::lock_guard<std::mutex> lk(mu_);
+  out.swap(ready_);
+  return out;
+}
+
+// --- Stream: source side -----------------------------------------------------
+
+Stream::Stream(std::shared_ptr<Hub> hub, uint64_t id, StreamOptions opts)
+    : hub_(std::move(hub)), id_(id), opts_(opts) {}
+
+Stream::~Stream() { close(); }
+
+void Stream::attach(std::shared_ptr<void> source) {
+  std::lock_guard<std::mutex> lk(mu_);
+  source_ = std::move(source);
+}
+
+void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
+  uint64_t dropped_before;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!accepting_locked()) return;
+
+    // IMMEDIATE never waits: what does not fit is counted and dropped.
+    if (opts_.scheduler == Scheduler::kImmediate && !frames_.empty() &&
+        queued_bytes_ >= opts_.immediate_bytes) {
+      ++dropped_pending_;
+      ++dropped_total_;
+      return;
+    }
+    dropped_before = dropped_pending_;
+  }
+
+  if (opts_.seq_min) {
+    auto seq = transport_seq(pkt);
+    if (seq && *seq < *opts_.seq_min) return;
+  }
+
+  // Build {"headers": [[k, v], ...], "payload": "..."(, "done": b)} in place.
+  std::string buf;
+  auto payload = pkt.payload();
+  size_t payload_room = opts_.encoding == Encoding::kBase64 ? (payload.size() + 2) / 3 * 4
+                                                            : payload.size() + payload.size() / 8;
+  buf.reserve(kHeaderRoom + payload_room + 64 * (pkt.headers().size() + 1));
+  buf.resize(kHeaderRoom);
+  buf.append("{\"headers\":[");
+  bool first = true;
+  for (const auto& [key, val] : pkt.headers()) {
+    buf.append(first ? "[\"" : ",[\"");
+    first = false;
+    if (auto bad = json_escape(key, buf)) return fail(not_utf8_reason("A header key", *bad));
+    buf.append("\",\"");
+    if (auto bad = json_escape(val, buf)) return fail(not_utf8_reason("A header value", *bad));
+    buf.append("\"]");
+  }
+  if (dropped_before) {
+    buf.append(first ? "[\"" : ",[\"");
+    buf.append(kDroppedHeader);
+    buf.append("\",\"");
+    buf.append(std::to_string(dropped_before));
+    buf.append("\"]");
+  }
+  buf.append("],\"payload\":\"");
+  if (opts_.encoding == Encoding::kBase64) {
+    base64_encode({payload.data(), payload.size()}, buf);
+  } else if (auto bad = json_escape({payload.data(), payload.size()}, buf)) {
+    return fail(not_utf8_reason("The payload", *bad));
+  }
+  buf.push_back('"');
+  if (done) buf.append(*done ? ",\"done\":true" : ",\"done\":false");
+  buf.push_back('}');
+
+  if (dropped_before) {
+    std::lock_guard<std::mutex> lk(mu_);
+    dropped_pending_ -= dropped_before;
+  }
+  size_t offset = finish_frame(buf);
+  enqueue(std::move(buf), offset);
+}
+
+void Stream::deliver_json(std::string_view json) {
+  std::string buf;
+  buf.reserve(kHeaderRoom + json.size());
+  buf.resize(kHeaderRoom);
+  buf.append(json);
+  size_t offset = finish_frame(buf);
+  enqueue(std::move(buf), offset);
+}
+
+void Stream::enqueue(std::string frame, size_t offset) {
+  bool wake = false;
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!accepting_locked()) return;
+  queued_bytes_ += frame.size() - offset;
+  frames_.push_back(std::move(frame));
+  offsets_.push_back(offset);
+  ++delivered_;
+  if (!scheduled_) {
+    scheduled_ = true;
+    wake = true;
+  }
+  if (wake) {
+    lk.unlock();
+    hub_->notify(id_);
+    lk.lock();
+  }
+
+  // Hold the AlephZero thread as the scheduler requires.  It then reads the
+  // next packet only when released, which is what makes ITER_NEWEST skip.
+  switch (opts_.scheduler) {
+    case Scheduler::kImmediate:
+      break;
+    case Scheduler::kOnAck:
+      --ack_credit_;
+      cv_.wait(lk, [this] { return closed_ || ack_credit_ > 0; });
+      break;
+    case Scheduler::kOnDrain:
+      cv_.wait(lk, [this] { return closed_ || queued_bytes_ < opts_.drain_bytes; });
+      break;
+  }
+}
+
+void Stream::fail(std::string reason) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!accepting_locked()) return;
+    failed_ = true;
+    close_code_ = kCloseInternalError;
+    close_reason_ = std::move(reason);
+    if (scheduled_) return;
+    scheduled_ = true;
+  }
+  hub_->notify(id_);
+}
+
+// --- Stream: event-loop side -------------------------------------------------
+
+Batch Stream::take() {
+  Batch batch;
+  std::lock_guard<std::mutex> lk(mu_);
+  batch.frames.reserve(frames_.size());
+  batch.offsets.reserve(frames_.size());
+  for (size_t i = 0; i < frames_.size(); ++i) {
+    batch.total += frames_[i].size() - offsets_[i];
+    batch.frames.push_back(std::move(frames_[i]));
+    batch.offsets.push_back(offsets_[i]);
+  }
+  frames_.clear();
+  offsets_.clear();
+  queued_bytes_ = 0;
+  scheduled_ = false;
+  if (failed_) {
+    batch.close_code = close_code_;
+    batch.close_reason = close_reason_;
+  }
+  cv_.notify_all();
+  return batch;
+}
+
+void Stream::ack() {
+  std::lock_guard<std::mutex> lk(mu_);
+  ++ack_credit_;
+  cv_.notify_all();
+}
+
+void Stream::close() {
+  std::shared_ptr<void> source;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    closed_ = true;
+    frames_.clear();
+    offsets_.clear();
+    queued_bytes_ = 0;
+    source.swap(source_);
+    cv_.notify_all();
+  }
+  // Destroying the source joins its thread, which may be inside deliver_*()
+  // waiting on cv_; closed_ lets it return first.
+  source.reset();
+}
+
+uint64_t Stream::dropped() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return dropped_total_;
+}
+
+uint64_t Stream::delivered() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return delivered_;
+}
+
+}  // namespace a0gw

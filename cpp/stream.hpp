@@ -1,0 +1,130 @@
+// The streaming path from an AlephZero reader thread to the event loop.
+//
+// A Stream belongs to one WebSocket connection.  Its AlephZero source (a
+// subscriber, reader, log listener, prpc client or discovery) calls deliver_*()
+// on its own thread; the Stream turns each packet into a complete WebSocket
+// text frame, queues it and applies the connection's scheduler, blocking that
+// thread when the scheduler says so.  The event loop is woken through the Hub:
+// one eventfd for all streams, written only when the list of streams with
+// frames goes from empty to non-empty, so a burst of packets on many streams
+// costs one wake-up.  The loop then calls take() on each ready stream and gets
+// every queued frame as one buffer.
+#pragma once
+
+#include <a0.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace a0gw {
+
+enum class Scheduler { kImmediate = 0, kOnAck = 1, kOnDrain = 2 };
+enum class Encoding { kNone = 0, kBase64 = 1 };
+
+// Close code sent when a packet cannot be encoded as the client asked.
+constexpr int kCloseInternalError = 1011;
+
+// Wakes the event loop when streams have frames to send.
+class Hub {
+ public:
+  Hub();
+  ~Hub();
+  Hub(const Hub&) = delete;
+  Hub& operator=(const Hub&) = delete;
+
+  // The eventfd the event loop watches for readability.
+  int fd() const { return efd_; }
+
+  // Marks stream `id` ready; called by a stream at most once per take().
+  void notify(uint64_t id);
+
+  // Clears the eventfd and returns the ids of the streams marked ready.
+  std::vector<uint64_t> take_ready();
+
+ private:
+  int efd_;
+  std::mutex mu_;
+  std::vector<uint64_t> ready_;
+};
+
+struct StreamOptions {
+  Scheduler scheduler = Scheduler::kOnDrain;
+  Encoding encoding = Encoding::kNone;
+  // Deliver only packets whose a0_transport_seq is at least this.
+  std::optional<uint64_t> seq_min;
+  // ON_DRAIN: the reader waits while this many bytes are queued.
+  size_t drain_bytes = 256 * 1024;
+  // IMMEDIATE: packets arriving while this many bytes are queued are dropped.
+  size_t immediate_bytes = 4 * 1024 * 1024;
+};
+
+// What take() hands to the event loop.
+struct Batch {
+  std::vector<std::string> frames;  // Each holds one frame from `offsets[i]`.
+  std::vector<size_t> offsets;
+  size_t total = 0;
+  int close_code = 0;  // Non-zero: send these frames, then close with it.
+  std::string close_reason;
+};
+
+class Stream {
+ public:
+  Stream(std::shared_ptr<Hub> hub, uint64_t id, StreamOptions opts);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Keeps `source` (the AlephZero object calling deliver_*) alive until close().
+  void attach(std::shared_ptr<void> source);
+
+  // Source side (AlephZero threads).
+  void deliver_packet(const a0::Packet& pkt, std::optional<bool> done = std::nullopt);
+  void deliver_json(std::string_view json);
+
+  // Event-loop side.
+  Batch take();
+  void ack();
+  // Stops the source and wakes a blocked reader; idempotent.  Blocks until the
+  // source's thread has left its callback, so call it without the GIL.
+  void close();
+
+  uint64_t id() const { return id_; }
+  uint64_t dropped() const;
+  uint64_t delivered() const;
+
+ private:
+  // Appends a finished frame and waits as the scheduler requires.
+  void enqueue(std::string frame, size_t offset);
+  void fail(std::string reason);
+  bool accepting_locked() const { return !closed_ && !failed_; }
+
+  std::shared_ptr<Hub> hub_;
+  const uint64_t id_;
+  const StreamOptions opts_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // Signalled by take(), ack() and close().
+  std::deque<std::string> frames_;
+  std::deque<size_t> offsets_;  // Where each queued frame starts in its string.
+  size_t queued_bytes_ = 0;
+  bool scheduled_ = false;  // Already in the hub's ready list.
+  bool closed_ = false;
+  bool failed_ = false;  // A packet could not be encoded; stream is ending.
+  int close_code_ = 0;
+  std::string close_reason_;
+  int64_t ack_credit_ = 1;       // ON_ACK: frames that may be sent before the next ACK.
+  uint64_t dropped_pending_ = 0;  // IMMEDIATE: drops not yet reported to the client.
+  uint64_t dropped_total_ = 0;
+  uint64_t delivered_ = 0;
+
+  std::shared_ptr<void> source_;
+};
+
+}  // namespace a0gw
