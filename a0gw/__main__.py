@@ -1,0 +1,3 @@
+from a0gw.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""The `a0gw` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from a0gw import __version__
+from a0gw.config import DEFAULT_PORT, DEFAULT_ROOT, MIB, Config
+from a0gw.errors import ConfigError
+
+
+def _port_from_env() -> int:
+    # PORT_STR is the reference bridge's variable for the port.
+    text = os.environ.get("PORT_STR", str(DEFAULT_PORT))
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"Invalid port in PORT_STR: {text!r}") from None
+    return port
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="a0gw", description="REST and WebSocket gateway to AlephZero."
+    )
+    parser.add_argument("--version", action="version", version=f"a0gw {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=None,
+        help=f"port to listen on (default $PORT_STR or {DEFAULT_PORT})",
+    )
+    serve.add_argument(
+        "--root", default=None,
+        help=f"AlephZero root (default $A0_ROOT or {DEFAULT_ROOT})",
+    )
+    serve.add_argument(
+        "--max-body", type=int, default=16 * MIB, metavar="BYTES",
+        help="largest REST request body (default 16 MiB)",
+    )
+    serve.add_argument(
+        "--max-message", type=int, default=16 * MIB, metavar="BYTES",
+        help="largest WebSocket message from a client (default 16 MiB)",
+    )
+    serve.add_argument(
+        "--queue-limit", type=int, default=4 * MIB, metavar="BYTES",
+        help="bytes an IMMEDIATE stream may queue before dropping packets (default 4 MiB)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `a0gw` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("a0gw.access").setLevel(
+        logging.INFO if args.access_log else logging.WARNING
+    )
+    if args.log_level != "debug":
+        logging.getLogger("a0gw.ws.protocol").setLevel(logging.WARNING)
+    try:
+        port = args.port if args.port is not None else _port_from_env()
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"Invalid port: {port}")
+    except ConfigError as exc:
+        print(f"a0gw: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    config = Config(
+        host=args.host,
+        port=port,
+        root=args.root or os.environ.get("A0_ROOT") or DEFAULT_ROOT,
+        topic=os.environ.get("A0_TOPIC") or "api",
+        max_body_bytes=args.max_body,
+        max_message_bytes=args.max_message,
+        immediate_bytes=args.queue_limit,
+        access_log=args.access_log,
+    )
+
+    from a0gw.server import run
+
+    sys.exit(run(config))

@@ -1,0 +1,52 @@
+"""Exceptions of a0gw.
+
+Every exception the gateway raises on purpose derives from :class:`GatewayError`.
+:class:`ClientError` and its subclasses are the client's mistakes; each knows
+the HTTP status and WebSocket close code that report it at the edge.  Anything
+else reaching a connection handler is our own bug: it is logged with its
+traceback and answered with 500 or close code 1011, without details.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of the exceptions a0gw raises."""
+
+
+class ClientError(GatewayError):
+    """A request the client got wrong; `reason` is shown to the client."""
+
+    status = 400
+    close_code = 4000
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotFound(ClientError):
+    """No route at this path."""
+
+    status = 404
+
+
+class MethodNotAllowed(ClientError):
+    """The route exists but not for this method."""
+
+    status = 405
+
+    def __init__(self, reason: str, allow: tuple[str, ...]) -> None:
+        super().__init__(reason)
+        self.allow = allow
+
+
+class PayloadTooLarge(ClientError):
+    """A body or message above the configured limit."""
+
+    status = 413
+    close_code = 1009
+
+
+class ConfigError(GatewayError):
+    """A command-line option or environment variable with an unusable value."""

@@ -1,0 +1,275 @@
+"""HTTP/1.1 connections, parsed with h11.
+
+One :class:`HttpConnection` per TCP connection.  It answers REST routes with
+keep-alive and pipelining, and hands a WebSocket upgrade on a stream route to
+:class:`a0gw.ws.WebSocketConnection`, which takes over the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import h11
+from websockets.datastructures import Headers
+from websockets.http11 import Request as WsRequest
+
+from a0gw import routes
+from a0gw.errors import ClientError, MethodNotAllowed, NotFound, PayloadTooLarge
+from a0gw.ws import WebSocketConnection
+
+if TYPE_CHECKING:
+    from a0gw.server import Gateway
+
+logger = logging.getLogger("a0gw.server")
+access_logger = logging.getLogger("a0gw.access")
+
+CORS_HEADERS = [(b"access-control-allow-origin", b"*")]
+PREFLIGHT_HEADERS = [
+    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Content-Type, Authorization"),
+    (b"access-control-max-age", b"86400"),
+]
+SERVER_HEADER = (b"server", b"a0gw")
+
+
+class HttpConnection(asyncio.Protocol):
+    """Serves REST requests on one connection until it closes or upgrades."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=gateway.config.max_header_bytes
+        )
+        # The request being received, and its body so far.
+        self.request: h11.Request | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        # Set once the body outgrew the limit: the rest of it is ignored.
+        self.rejected = False
+
+    # Transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.gateway.http_connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gateway.http_connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.h11.receive_data(b"")
+        self._process()
+        return None
+
+    # Public methods
+
+    def shutdown(self) -> None:
+        """Closes the connection; a request in progress is abandoned."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # Request processing
+
+    def _process(self) -> None:
+        assert self.transport is not None
+        while not self.transport.is_closing():
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._reject_malformed(exc)
+                return
+
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                    self._upgrade()
+                # Otherwise a pipelined request waits for our response.
+                return
+            if isinstance(event, h11.Request):
+                self.request = event
+                self.body = []
+                self.body_size = 0
+                self.rejected = False
+            elif isinstance(event, h11.Data):
+                self._receive_body(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if self.h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+                    self._dispatch()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.close()
+                return
+
+    def _receive_body(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        self.body_size += len(data)
+        if self.body_size > self.gateway.config.max_body_bytes:
+            self.rejected = True
+            self.body = []
+            limit = self.gateway.config.max_body_bytes
+            logger.warning("Request body over %d bytes refused", limit)
+            # The client may still be sending: answer now and close.
+            self._respond_error(PayloadTooLarge(f"Request body is larger than {limit} bytes."))
+            self._close_after_response()
+            return
+        self.body.append(data)
+
+    def _dispatch(self) -> None:
+        request = self.request
+        assert request is not None
+        if self.rejected:
+            return
+        target = request.target.decode("ascii", "replace")
+        path = target.partition("?")[0]
+        method = request.method.decode("ascii", "replace")
+        try:
+            response = self._handle(method, path, b"".join(self.body))
+        except ClientError as exc:
+            if isinstance(exc, MethodNotAllowed):
+                allow = ", ".join(exc.allow).encode()
+                self._respond(exc.status, exc.reason.encode(), extra=[(b"allow", allow)])
+            else:
+                self._respond(exc.status, exc.reason.encode())
+            self._log_access(method, target, exc.status)
+        except Exception:
+            logger.exception("Unexpected error on %s %s", method, target)
+            self._respond(500, b"Internal server error")
+            self._log_access(method, target, 500)
+        else:
+            if response is not None:
+                self._respond(response.status, response.body, response.content_type)
+                self._log_access(method, target, response.status)
+        self.body = []
+        self._next_cycle()
+
+    def _handle(self, method: str, path: str, body: bytes) -> routes.Response | None:
+        """Runs the route at `path`; None when the response was already sent."""
+        if method == "OPTIONS":
+            self._respond(204, b"", extra=PREFLIGHT_HEADERS)
+            self._log_access(method, path, 204)
+            return None
+        if path in routes.STREAM_ROUTES:
+            raise ClientError("This path needs a WebSocket upgrade.")
+        route = routes.REST_ROUTES.get(path)
+        if route is None:
+            raise NotFound(f"Unknown path: {path}")
+        expected, handler = route
+        if method != expected and not (method == "HEAD" and expected == "GET"):
+            raise MethodNotAllowed(
+                f"Method {method} not allowed on {path}.", (expected, "OPTIONS")
+            )
+        return handler(self.gateway.bridge, body)
+
+    # WebSocket upgrade
+
+    def _upgrade(self) -> None:
+        assert self.transport is not None and self.request is not None
+        request = self.request
+        target = request.target.decode("ascii", "replace")
+        path = target.partition("?")[0]
+        opener = routes.STREAM_ROUTES.get(path)
+        if opener is None or request.method != b"GET":
+            # Not a stream route: answer as plain HTTP and close.
+            status = 404 if opener is None else 405
+            self._write_raw_response(status, f"No WebSocket route at {path}.")
+            return
+
+        headers = Headers(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers
+        )
+        trailing, _ = self.h11.trailing_data
+        connection = WebSocketConnection(self.gateway, opener, path)
+        self.gateway.http_connections.discard(self)
+        connection.accept(self.transport, WsRequest(target, headers), trailing)
+
+    def _write_raw_response(self, status: int, text: str) -> None:
+        """Answers outside h11's state machine, then closes."""
+        assert self.transport is not None
+        body = text.encode()
+        reason = HTTPStatus(status).phrase
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+    # Responses
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        assert self.transport is not None
+        headers = [
+            SERVER_HEADER,
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            *CORS_HEADERS,
+        ]
+        if extra:
+            headers.extend(extra)
+        try:
+            data = self.h11.send(
+                h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+            )
+            assert data is not None
+            if body and not (self.request is not None and self.request.method == b"HEAD"):
+                more = self.h11.send(h11.Data(data=body))
+                assert more is not None
+                data += more
+            end = self.h11.send(h11.EndOfMessage())
+            assert end is not None
+            data += end
+        except h11.LocalProtocolError:
+            # The connection can no longer carry a response (already answered).
+            self.transport.close()
+            return
+        self.transport.write(data)
+
+    def _respond_error(self, exc: ClientError) -> None:
+        self._respond(exc.status, exc.reason.encode())
+
+    def _reject_malformed(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        logger.warning("Malformed HTTP request: %s", exc)
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            reason = "Request header is too large." if status == 431 else str(exc)
+            self._write_raw_response(status, reason)
+        else:
+            assert self.transport is not None
+            self.transport.close()
+
+    def _close_after_response(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+
+    def _next_cycle(self) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self.request = None
+        elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+            self.transport.close()
+
+    def _log_access(self, method: str, target: str, status: int) -> None:
+        if access_logger.isEnabledFor(logging.INFO):
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            access_logger.info('%s "%s %s" %d', peer, method, target, status)

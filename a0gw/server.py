@@ -1,0 +1,116 @@
+"""The gateway process: listening socket, event loop, deadman and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from a0gw import _native
+from a0gw.bridge import Bridge, StreamLimits
+from a0gw.config import Config
+from a0gw.http import HttpConnection
+from a0gw.ws import CLOSE_GOING_AWAY, WebSocketConnection
+
+logger = logging.getLogger("a0gw.server")
+
+
+class Gateway:
+    """Serves the AlephZero API on one port until told to stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bridge = Bridge(
+            config.root,
+            StreamLimits(drain_bytes=config.drain_bytes, immediate_bytes=config.immediate_bytes),
+        )
+        # Live connections, so shutdown can close them.
+        self.http_connections: set[HttpConnection] = set()
+        self.ws_connections: set[WebSocketConnection] = set()
+        # Stream id to the connection that owns the stream.
+        self.streams: dict[int, WebSocketConnection] = {}
+        self.stopping = asyncio.Event()
+
+    # Public methods
+
+    async def serve(self) -> None:
+        """Listens, takes the deadman, and serves until stop() is called.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: HttpConnection(self), self.config.host, self.config.port
+        )
+        loop.add_reader(self.bridge.hub.fd, self._on_hub_ready)
+        deadman = _native.Deadman(self.config.topic)
+        try:
+            await self._take_deadman(deadman)
+            self._log_listening(server)
+            await self.stopping.wait()
+            logger.info("Shutting down")
+        finally:
+            server.close()
+            loop.remove_reader(self.bridge.hub.fd)
+            self._close_connections()
+            deadman.release()
+            await server.wait_closed()
+        logger.info("Stopped")
+
+    def stop(self) -> None:
+        """Asks serve() to return; safe to call from a signal handler."""
+        self.stopping.set()
+
+    # Private methods
+
+    async def _take_deadman(self, deadman: _native.Deadman) -> None:
+        # Another gateway on the same topic holds it: wait without blocking the
+        # loop, serving meanwhile.
+        if deadman.try_take():
+            return
+        logger.warning("Deadman of topic %r is held by another process; waiting", self.config.topic)
+        await asyncio.get_running_loop().run_in_executor(None, deadman.take)
+
+    def _on_hub_ready(self) -> None:
+        for stream_id in self.bridge.hub.take_ready():
+            connection = self.streams.get(stream_id)
+            if connection is not None:
+                connection.on_stream_ready()
+
+    def _close_connections(self) -> None:
+        for ws in list(self.ws_connections):
+            ws.close(CLOSE_GOING_AWAY, "Gateway shutting down.")
+        for http in list(self.http_connections):
+            http.shutdown()
+
+    def _log_listening(self, server: asyncio.Server) -> None:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            logger.info("Listening on http://%s:%d (AlephZero root %s)", host, port, self.config.root)
+        if self.config.host in ("127.0.0.1", "localhost", "::1"):
+            logger.info("Only local clients can connect; use --host 0.0.0.0 to listen on all interfaces")
+
+
+def run(config: Config) -> int:
+    """Runs a gateway with uvloop until SIGTERM or SIGINT; returns the exit status."""
+    import uvloop
+
+    os.environ["A0_ROOT"] = config.root
+    os.environ["A0_TOPIC"] = config.topic
+    os.makedirs(config.root, exist_ok=True)
+
+    async def main() -> int:
+        gateway = Gateway(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gateway.stop)
+        try:
+            await gateway.serve()
+        except OSError as exc:
+            logger.error("Cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+            return 1
+        return 0
+
+    return uvloop.run(main())
