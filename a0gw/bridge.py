@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 from a0gw import _native
+
+
+class StreamListener(Protocol):
+    """Whoever sends a stream's frames on: a WebSocket or a pending RPC."""
+
+    def on_stream_ready(self) -> None:
+        """The stream has frames (or a close) to take."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,13 +28,25 @@ class StreamLimits:
 class Bridge:
     """What routes need to reach AlephZero: root, publishers and the hub."""
 
-    def __init__(self, root: str, limits: StreamLimits) -> None:
+    def __init__(self, root: str, limits: StreamLimits, rpc_timeout: float) -> None:
         self.root = root
         self.limits = limits
+        # Seconds a REST RPC waits for its reply unless the request says.
+        self.rpc_timeout = rpc_timeout
         # Frames of every stream reach the event loop through this one hub.
         self.hub = _native.Hub()
+        # Stream id to whoever takes that stream's frames.
+        self.listeners: dict[int, StreamListener] = {}
         self.publishers = _native.PublisherCache()
+        self.rpc_clients = _native.RpcClients()
         self._next_stream_id = 0
+
+    def dispatch_ready(self) -> None:
+        """Tells the listener of every stream the hub marked ready."""
+        for stream_id in self.hub.take_ready():
+            listener = self.listeners.get(stream_id)
+            if listener is not None:
+                listener.on_stream_ready()
 
     def new_stream_id(self) -> int:
         """A stream id unique within this process."""

@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         "--queue-limit", type=int, default=4 * MIB, metavar="BYTES",
         help="bytes an IMMEDIATE stream may queue before dropping packets (default 4 MiB)",
     )
+    serve.add_argument(
+        "--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="how long a REST RPC waits for its reply; a request's own "
+        "\"timeout\" field overrides it (default 30)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=args.max_body,
         max_message_bytes=args.max_message,
         immediate_bytes=args.queue_limit,
+        rpc_timeout=args.rpc_timeout,
         access_log=args.access_log,
     )
 

@@ -26,4 +26,6 @@ class Config:
     # Per-stream queue bounds (see a0gw.bridge.StreamLimits).
     drain_bytes: int = 256 * 1024
     immediate_bytes: int = 4 * MIB
+    # Seconds a REST RPC waits for its reply unless the request says.
+    rpc_timeout: float = 30.0
     access_log: bool = False

@@ -1,8 +1,9 @@
 """Exceptions of a0gw.
 
 Every exception the gateway raises on purpose derives from :class:`GatewayError`.
-:class:`ClientError` and its subclasses are the client's mistakes; each knows
-the HTTP status and WebSocket close code that report it at the edge.  Anything
+:class:`RequestFailed` ends a request with a reason for the client; each kind
+knows the HTTP status and WebSocket close code that report it at the edge.
+:class:`ClientError` and its subclasses are the client's mistakes.  Anything
 else reaching a connection handler is our own bug: it is logged with its
 traceback and answered with 500 or close code 1011, without details.
 """
@@ -14,8 +15,8 @@ class GatewayError(Exception):
     """Root of the exceptions a0gw raises."""
 
 
-class ClientError(GatewayError):
-    """A request the client got wrong; `reason` is shown to the client."""
+class RequestFailed(GatewayError):
+    """A request that ends with a status and a reason shown to the client."""
 
     status = 400
     close_code = 4000
@@ -23,6 +24,16 @@ class ClientError(GatewayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ClientError(RequestFailed):
+    """A request the client got wrong."""
+
+
+class UpstreamTimeout(RequestFailed):
+    """An AlephZero server did not answer in time."""
+
+    status = 504
 
 
 class NotFound(ClientError):

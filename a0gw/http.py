@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Awaitable, cast
 
 import h11
 from websockets.datastructures import Headers
 from websockets.http11 import Request as WsRequest
 
 from a0gw import routes
-from a0gw.errors import ClientError, MethodNotAllowed, NotFound, PayloadTooLarge
+from a0gw.errors import (
+    ClientError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestFailed,
+)
 from a0gw.ws import WebSocketConnection
 
 if TYPE_CHECKING:
@@ -50,6 +56,8 @@ class HttpConnection(asyncio.Protocol):
         self.body_size = 0
         # Set once the body outgrew the limit: the rest of it is ignored.
         self.rejected = False
+        # A route still working on the current request (an RPC awaiting its reply).
+        self.pending: asyncio.Task[routes.Response] | None = None
 
     # Transport callbacks
 
@@ -60,6 +68,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.http_connections.discard(self)
+        if self.pending is not None:
+            self.pending.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.h11.receive_data(data)
@@ -81,7 +91,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         assert self.transport is not None
-        while not self.transport.is_closing():
+        while not self.transport.is_closing() and self.pending is None:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -132,27 +142,61 @@ class HttpConnection(asyncio.Protocol):
         target = request.target.decode("ascii", "replace")
         path = target.partition("?")[0]
         method = request.method.decode("ascii", "replace")
+        body = b"".join(self.body)
+        self.body = []
         try:
-            response = self._handle(method, path, b"".join(self.body))
-        except ClientError as exc:
+            result = self._handle(method, path, body)
+        except Exception as exc:
+            self._finish(method, target, None, exc)
+            return
+        if isinstance(result, routes.Response) or result is None:
+            self._finish(method, target, result, None)
+            return
+
+        # The route awaits something (an RPC reply): answer when it is done,
+        # then carry on with whatever the client pipelined meanwhile.
+        async def complete() -> routes.Response:
+            return await result
+
+        self.pending = asyncio.ensure_future(complete())
+
+        def on_done(task: asyncio.Task[routes.Response]) -> None:
+            self.pending = None
+            if task.cancelled():
+                return
+            self._finish(method, target, task.result() if not task.exception() else None,
+                         task.exception())
+            if self.transport is not None and not self.transport.is_closing():
+                self._process()
+
+        self.pending.add_done_callback(on_done)
+
+    def _finish(
+        self,
+        method: str,
+        target: str,
+        response: routes.Response | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Sends the response or the error of a finished route."""
+        if isinstance(exc, RequestFailed):
+            extra = None
             if isinstance(exc, MethodNotAllowed):
-                allow = ", ".join(exc.allow).encode()
-                self._respond(exc.status, exc.reason.encode(), extra=[(b"allow", allow)])
-            else:
-                self._respond(exc.status, exc.reason.encode())
+                extra = [(b"allow", ", ".join(exc.allow).encode())]
+            self._respond(exc.status, exc.reason.encode(), extra=extra)
             self._log_access(method, target, exc.status)
-        except Exception:
-            logger.exception("Unexpected error on %s %s", method, target)
+        elif exc is not None:
+            logger.error("Unexpected error on %s %s", method, target, exc_info=exc)
             self._respond(500, b"Internal server error")
             self._log_access(method, target, 500)
-        else:
-            if response is not None:
-                self._respond(response.status, response.body, response.content_type)
-                self._log_access(method, target, response.status)
-        self.body = []
+        elif response is not None:
+            self._respond(response.status, response.body, response.content_type)
+            self._log_access(method, target, response.status)
         self._next_cycle()
 
-    def _handle(self, method: str, path: str, body: bytes) -> routes.Response | None:
+    def _handle(
+        self, method: str, path: str, body: bytes
+    ) -> routes.Response | Awaitable[routes.Response] | None:
         """Runs the route at `path`; None when the response was already sent."""
         if method == "OPTIONS":
             self._respond(204, b"", extra=PREFLIGHT_HEADERS)

@@ -7,17 +7,21 @@ routes take a parsed handshake and open a native stream.  Both raise
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import math
 import os
-from typing import Callable
+from typing import Awaitable, Callable, Union
 
 from a0gw import _native
 from a0gw.bridge import Bridge
-from a0gw.errors import ClientError
+from a0gw.errors import ClientError, UpstreamTimeout
 from a0gw.request import (
     HEADERS_FIELD,
+    ITER_OPTIONS,
     PAYLOAD_FIELD,
+    SCHEDULER_OPTIONS,
     Packet,
     RequestMessage,
     bad_format,
@@ -36,7 +40,7 @@ class Response:
 
 SUCCESS = Response(200, b"success")
 
-RestHandler = Callable[[Bridge, bytes], Response]
+RestHandler = Callable[[Bridge, bytes], Union[Response, Awaitable[Response]]]
 StreamOpener = Callable[[Bridge, RequestMessage], _native.Stream]
 
 
@@ -88,10 +92,86 @@ def ls(bridge: Bridge, body: bytes) -> Response:
     return Response(200, body, "application/json")
 
 
-def _checked_payload(message: RequestMessage, packet: Packet) -> bytes:
+async def rpc(bridge: Bridge, body: bytes) -> Response:
+    """POST /api/rpc: one request to an AlephZero RPC server, and its reply."""
+    message = RequestMessage.parse(body)
+    packet = message.packet()
+    encoding = message.response_encoding()
+    topic = message.required_string("topic")
+    payload = _checked_payload(message, packet)
+    timeout = _timeout(message, bridge.rpc_timeout)
+    try:
+        stream, request_id = bridge.rpc_clients.call(
+            bridge.hub,
+            bridge.new_stream_id(),
+            topic,
+            packet.headers,
+            payload,
+            packet.base64,
+            encoding,
+        )
+    except _native.InvalidBase64 as exc:
+        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
+    except _native.AlephZeroError as exc:
+        raise ClientError(str(exc)) from None
+
+    reply = PendingReply(stream)
+    bridge.listeners[stream.id] = reply
+    try:
+        data, close_code, reason = await asyncio.wait_for(reply.future, timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        # No reply in time, or the client went away: the request is withdrawn
+        # so the server's cancel callback runs and nothing stays pending.
+        bridge.rpc_clients.cancel(topic, request_id)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise UpstreamTimeout(
+            f"No reply from the RPC server of topic {topic!r} within {timeout:g} s."
+        ) from None
+    finally:
+        del bridge.listeners[stream.id]
+        stream.close()
+    if close_code:
+        raise ClientError(reason)
+    return Response(200, data, "application/json")
+
+
+class PendingReply:
+    """Completes a future when the one-shot stream of an RPC reply is ready."""
+
+    def __init__(self, stream: _native.Stream) -> None:
+        self.stream = stream
+        self.future: asyncio.Future[tuple[bytes, int, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def on_stream_ready(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.stream.take())
+
+
+def _timeout(message: RequestMessage, default: float) -> float:
+    present, value = message._lookup("timeout")
+    if not present:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise bad_format("timeout", "must be a positive number of seconds")
+    return float(value)
+
+
+def _checked_payload(
+    message: RequestMessage, packet: Packet, required: bool = True
+) -> bytes:
     """The payload as bytes for the native layer, which decodes base64 itself."""
-    message.require(PAYLOAD_FIELD)
-    assert packet.payload is not None
+    if required:
+        message.require(PAYLOAD_FIELD)
+    if packet.payload is None:
+        return b""
     try:
         for key, value in packet.headers:
             key.encode()
@@ -145,13 +225,86 @@ def read(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     )
 
 
+LOG_LEVELS = {"CRIT": 0, "ERR": 1, "WARN": 2, "INFO": 3, "DBG": 4}
+
+
+def log(bridge: Bridge, message: RequestMessage) -> _native.Stream:
+    """/wsapi/log: stream an AlephZero log at or above a level."""
+    request = parse_stream_request(message, "topic")
+    level = message.option("level", LOG_LEVELS, LOG_LEVELS["INFO"])
+    return _native.open_log_listener(
+        bridge.hub,
+        bridge.new_stream_id(),
+        request.name,
+        level,
+        request.init,
+        request.iter,
+        scheduler=request.scheduler,
+        encoding=request.encoding,
+        seq_min=request.seq_min,
+        drain_bytes=bridge.limits.drain_bytes,
+        immediate_bytes=bridge.limits.immediate_bytes,
+    )
+
+
+def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
+    """/wsapi/prpc: open a progressive RPC and stream its progress."""
+    packet = message.packet()
+    encoding = message.response_encoding()
+    topic = message.required_string("topic")
+    payload = _checked_payload(message, packet, required=False)
+    iter_ = message.option("iter", ITER_OPTIONS, _native.ITER_NEXT)
+    scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    try:
+        return _native.open_prpc(
+            bridge.hub,
+            bridge.new_stream_id(),
+            topic,
+            packet.headers,
+            payload,
+            packet.base64,
+            newest_only=iter_ == _native.ITER_NEWEST,
+            scheduler=scheduler,
+            encoding=encoding,
+            drain_bytes=bridge.limits.drain_bytes,
+            immediate_bytes=bridge.limits.immediate_bytes,
+        )
+    except _native.InvalidBase64 as exc:
+        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
+
+
+def discover(bridge: Bridge, message: RequestMessage) -> _native.Stream:
+    """/wsapi/discover: announce AlephZero files of a protocol, now and later."""
+    message.require("protocol")
+    template = message.option("protocol", _native.topic_templates(), "")
+    if not template:
+        raise ClientError("Request has unknown value for field: protocol  value: ")
+    topic = message.string("topic") or "**/*"
+    scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    return _native.open_discovery(
+        bridge.hub,
+        bridge.new_stream_id(),
+        bridge.root,
+        template,
+        topic,
+        scheduler=scheduler,
+        encoding=_native.ENCODING_NONE,
+        drain_bytes=bridge.limits.drain_bytes,
+        immediate_bytes=bridge.limits.immediate_bytes,
+    )
+
+
 REST_ROUTES: dict[str, tuple[str, RestHandler]] = {
     "/api/ls": ("GET", ls),
     "/api/pub": ("POST", publish),
+    "/api/rpc": ("POST", rpc),
     "/api/write": ("POST", write),
 }
 
 STREAM_ROUTES: dict[str, StreamOpener] = {
+    "/wsapi/discover": discover,
+    "/wsapi/log": log,
+    "/wsapi/prpc": prpc,
     "/wsapi/read": read,
     "/wsapi/sub": subscribe,
 }

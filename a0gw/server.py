@@ -24,12 +24,11 @@ class Gateway:
         self.bridge = Bridge(
             config.root,
             StreamLimits(drain_bytes=config.drain_bytes, immediate_bytes=config.immediate_bytes),
+            rpc_timeout=config.rpc_timeout,
         )
         # Live connections, so shutdown can close them.
         self.http_connections: set[HttpConnection] = set()
         self.ws_connections: set[WebSocketConnection] = set()
-        # Stream id to the connection that owns the stream.
-        self.streams: dict[int, WebSocketConnection] = {}
         self.stopping = asyncio.Event()
 
     # Public methods
@@ -44,7 +43,7 @@ class Gateway:
         server = await loop.create_server(
             lambda: HttpConnection(self), self.config.host, self.config.port
         )
-        loop.add_reader(self.bridge.hub.fd, self._on_hub_ready)
+        loop.add_reader(self.bridge.hub.fd, self.bridge.dispatch_ready)
         deadman = _native.Deadman(self.config.topic)
         try:
             await self._take_deadman(deadman)
@@ -72,12 +71,6 @@ class Gateway:
             return
         logger.warning("Deadman of topic %r is held by another process; waiting", self.config.topic)
         await asyncio.get_running_loop().run_in_executor(None, deadman.take)
-
-    def _on_hub_ready(self) -> None:
-        for stream_id in self.bridge.hub.take_ready():
-            connection = self.streams.get(stream_id)
-            if connection is not None:
-                connection.on_stream_ready()
 
     def _close_connections(self) -> None:
         for ws in list(self.ws_connections):

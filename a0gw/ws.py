@@ -21,7 +21,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from a0gw import _native
-from a0gw.errors import ClientError, PayloadTooLarge
+from a0gw.errors import ClientError, PayloadTooLarge, RequestFailed
 from a0gw.request import RequestMessage
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         try:
             self._receive_message(message)
-        except ClientError as exc:
+        except RequestFailed as exc:
             logger.warning("Bad handshake on %s: %s", self.path, exc.reason)
             self.close(exc.close_code, exc.reason)
         except Exception:
@@ -193,7 +193,7 @@ class WebSocketConnection(asyncio.Protocol):
         except _native.AlephZeroError as exc:
             raise ClientError(str(exc)) from None
         self.stream = stream
-        self.gateway.streams[stream.id] = self
+        self.gateway.bridge.listeners[stream.id] = self
         logger.debug("Stream %d opened on %s", stream.id, self.path)
 
     # Private methods
@@ -202,7 +202,7 @@ class WebSocketConnection(asyncio.Protocol):
         stream = self.stream
         if stream is None:
             return
-        self.gateway.streams.pop(stream.id, None)
+        self.gateway.bridge.listeners.pop(stream.id, None)
         stream.close()
 
     def _flush(self) -> None:

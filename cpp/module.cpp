@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <map>
 
 #include "encoding.hpp"
 #include "publish.hpp"
@@ -151,6 +152,83 @@ PYBIND11_MODULE(_native, m) {
       },
       py::arg("hub"), py::arg("id"), py::arg("path"), py::arg("init"), py::arg("iter"),
       STREAM_ARGS, "Streams the AlephZero file at `path`.");
+
+  m.def(
+      "open_log_listener",
+      [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic, int level, int init,
+         int iter, int scheduler, int encoding, std::optional<uint64_t> seq_min,
+         size_t drain_bytes, size_t immediate_bytes) {
+        py::gil_scoped_release release;
+        return open_log_listener(std::move(hub), id, topic, static_cast<a0::LogLevel>(level),
+                                 reader_options(init, iter),
+                                 stream_options(scheduler, encoding, seq_min, drain_bytes,
+                                                immediate_bytes));
+      },
+      py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("level"), py::arg("init"),
+      py::arg("iter"), STREAM_ARGS, "Streams the log of `topic` at `level` and above.");
+  m.def(
+      "open_prpc",
+      [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic,
+         const HeaderList& headers, std::string_view payload, bool payload_is_base64,
+         bool newest_only, int scheduler, int encoding, std::optional<uint64_t> seq_min,
+         size_t drain_bytes, size_t immediate_bytes) {
+        py::gil_scoped_release release;
+        std::string decoded;
+        a0::Packet request = make_packet(headers, payload, payload_is_base64, decoded);
+        StreamOptions opts =
+            stream_options(scheduler, encoding, seq_min, drain_bytes, immediate_bytes);
+        opts.newest_only = newest_only;
+        return open_prpc(std::move(hub), id, topic, std::move(request), opts);
+      },
+      py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("headers"), py::arg("payload"),
+      py::arg("base64"), py::arg("newest_only"), STREAM_ARGS,
+      "Opens a progressive RPC on `topic` and streams its progress.");
+  m.def(
+      "open_discovery",
+      [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& root, const std::string& tmpl,
+         const std::string& topic_glob, int scheduler, int encoding,
+         std::optional<uint64_t> seq_min, size_t drain_bytes, size_t immediate_bytes) {
+        py::gil_scoped_release release;
+        return open_discovery(std::move(hub), id, root, tmpl, topic_glob,
+                              stream_options(scheduler, encoding, seq_min, drain_bytes,
+                                             immediate_bytes));
+      },
+      py::arg("hub"), py::arg("id"), py::arg("root"), py::arg("template"), py::arg("topic"),
+      STREAM_ARGS, "Announces AlephZero files matching a topic glob, now and later.");
+  m.def(
+      "topic_templates",
+      [] {
+        return std::map<std::string, std::string>{
+            {"file", "{topic}"},
+            {"cfg", a0::env::topic_tmpl_cfg()},
+            {"log", a0::env::topic_tmpl_log()},
+            {"prpc", a0::env::topic_tmpl_prpc()},
+            {"pubsub", a0::env::topic_tmpl_pubsub()},
+            {"rpc", a0::env::topic_tmpl_rpc()},
+        };
+      },
+      "File-name template of each protocol, as AlephZero reads them from its environment.");
+
+  py::class_<RpcClients>(m, "RpcClients", "RPC clients kept open per topic.")
+      .def(py::init<size_t>(), py::arg("capacity") = 256)
+      .def(
+          "call",
+          [](RpcClients& clients, std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic,
+             const HeaderList& headers, std::string_view payload, bool payload_is_base64,
+             int encoding) {
+            py::gil_scoped_release release;
+            std::string decoded;
+            a0::Packet request = make_packet(headers, payload, payload_is_base64, decoded);
+            StreamOptions opts;
+            opts.encoding = static_cast<Encoding>(encoding);
+            auto stream = clients.call(std::move(hub), id, topic, request, opts);
+            return std::make_pair(stream, std::string(request.id()));
+          },
+          py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("headers"),
+          py::arg("payload"), py::arg("base64"), py::arg("encoding"),
+          "Sends a request; returns (stream yielding the reply body, request id).")
+      .def("cancel", &RpcClients::cancel, py::call_guard<py::gil_scoped_release>(),
+           py::arg("topic"), py::arg("request_id"));
 
   // --- One-shot writes ----------------------------------------------------------
   py::class_<PublisherCache>(m, "PublisherCache", "Publishers kept open per topic.")

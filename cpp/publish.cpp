@@ -5,10 +5,6 @@
 
 namespace a0gw {
 
-namespace {
-
-// Builds the packet, decoding the payload first when it is base64.  The
-// packet refers to `payload` or to `decoded`, which must outlive it.
 a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,
                        std::string& decoded) {
   std::unordered_multimap<std::string, std::string> header_map(headers.begin(), headers.end());
@@ -20,8 +16,6 @@ a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool
   return a0::Packet(std::move(header_map), a0::string_view(payload.data(), payload.size()),
                     a0::ref);
 }
-
-}  // namespace
 
 a0::Publisher& PublisherCache::get(const std::string& topic) {
   auto it = publishers_.find(topic);

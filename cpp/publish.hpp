@@ -23,6 +23,11 @@ struct InvalidBase64 : std::invalid_argument {
         offset(off) {}
 };
 
+// Builds a packet, decoding a base64 payload first.  The packet refers to
+// `payload` or to `decoded`, which must outlive it.  Raises InvalidBase64.
+a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,
+                       std::string& decoded);
+
 // Publishers kept open per topic, so a publish does not reopen and remap the
 // topic's file every time.  Holds at most `capacity` topics.
 class PublisherCache {

@@ -1,5 +1,7 @@
 #include "sources.hpp"
 
+#include "encoding.hpp"
+
 #include <utility>
 
 namespace a0gw {
@@ -50,6 +52,132 @@ std::shared_ptr<Stream> open_reader(std::shared_ptr<Hub> hub, uint64_t id, const
   });
   stream->attach(std::move(source));
   return stream;
+}
+
+}  // namespace a0gw
+
+namespace a0gw {
+
+std::shared_ptr<Stream> open_log_listener(std::shared_ptr<Hub> hub, uint64_t id,
+                                          const std::string& topic, a0::LogLevel level,
+                                          a0::Reader::Options reader_opts, StreamOptions opts) {
+  auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
+  Stream* raw = stream.get();
+  auto source = rethrow_as_alephzero_error([&] {
+    return std::make_shared<a0::LogListener>(a0::LogTopic(topic), level, reader_opts,
+                                             [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
+  });
+  stream->attach(std::move(source));
+  return stream;
+}
+
+namespace {
+
+// A prpc client and its one connection, cancelled when the stream drops it.
+struct PrpcSession {
+  a0::PrpcClient client;
+  std::string connection_id;
+
+  ~PrpcSession() {
+    try {
+      client.cancel(connection_id);
+    } catch (const std::exception&) {
+      // The server's topic is gone; there is nothing left to cancel.
+    }
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<Stream> open_prpc(std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic,
+                                  a0::Packet request, StreamOptions opts) {
+  auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
+  Stream* raw = stream.get();
+  auto session = rethrow_as_alephzero_error([&] {
+    auto session = std::make_shared<PrpcSession>();
+    session->client = a0::PrpcClient(a0::PrpcTopic(topic));
+    session->connection_id = std::string(request.id());
+    return session;
+  });
+  // Attach before connecting: the session must be owned by the stream as soon
+  // as progress can arrive.
+  stream->attach(session);
+  rethrow_as_alephzero_error([&] {
+    session->client.connect(request,
+                            [raw](a0::Packet pkt, bool done) { raw->deliver_packet(pkt, done); });
+  });
+  return stream;
+}
+
+std::shared_ptr<Stream> open_discovery(std::shared_ptr<Hub> hub, uint64_t id,
+                                       const std::string& root, const std::string& tmpl,
+                                       const std::string& topic_glob, StreamOptions opts) {
+  static const std::string kTopicMark = "{topic}";
+  size_t mark = tmpl.find(kTopicMark);
+  if (mark == std::string::npos) throw AlephZeroError("Topic template has no {topic}: " + tmpl);
+  std::string prefix = tmpl.substr(0, mark);
+  std::string suffix = tmpl.substr(mark + kTopicMark.size());
+  std::string base = root;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  std::string pattern = rethrow_as_alephzero_error(
+      [&] { return base + "/" + a0::topic_path(tmpl, topic_glob); });
+
+  auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
+  Stream* raw = stream.get();
+  auto on_discovery = [raw, base, prefix, suffix](const std::string& abspath) {
+    if (abspath.size() <= base.size() + 1) return;
+    std::string relpath = abspath.substr(base.size() + 1);
+    if (relpath.size() < prefix.size() + suffix.size()) return;
+    std::string topic =
+        relpath.substr(prefix.size(), relpath.size() - prefix.size() - suffix.size());
+    std::string json = "{\"abspath\":\"";
+    // A name that is not UTF-8 cannot be sent as JSON text; such files are
+    // skipped rather than ending the whole discovery.
+    if (json_escape(abspath, json)) return;
+    json.append("\",\"relpath\":\"");
+    json_escape(relpath, json);
+    json.append("\",\"topic\":\"");
+    json_escape(topic, json);
+    json.append("\"}");
+    raw->deliver_json(json);
+  };
+  auto source = rethrow_as_alephzero_error(
+      [&] { return std::make_shared<a0::Discovery>(pattern, on_discovery); });
+  stream->attach(std::move(source));
+  return stream;
+}
+
+a0::RpcClient& RpcClients::get(const std::string& topic) {
+  auto it = clients_.find(topic);
+  if (it != clients_.end()) return it->second;
+  if (clients_.size() >= capacity_) clients_.erase(clients_.begin());
+  return clients_.emplace(topic, a0::RpcClient(a0::RpcTopic(topic))).first->second;
+}
+
+std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
+                                         const std::string& topic, a0::Packet request,
+                                         StreamOptions opts) {
+  opts.websocket = false;
+  opts.scheduler = Scheduler::kImmediate;
+  auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
+  rethrow_as_alephzero_error([&] {
+    std::lock_guard<std::mutex> lk(mu_);
+    // The callback owns the stream, so a reply after a cancel finds it closed
+    // rather than freed.
+    get(topic).send(request, [stream](a0::Packet reply) { stream->deliver_packet(reply); });
+  });
+  return stream;
+}
+
+void RpcClients::cancel(const std::string& topic, const std::string& request_id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = clients_.find(topic);
+  if (it == clients_.end()) return;
+  try {
+    it->second.cancel(request_id);
+  } catch (const std::exception&) {
+    // Already answered or already cancelled.
+  }
 }
 
 }  // namespace a0gw

@@ -39,7 +39,8 @@ std::string not_utf8_reason(std::string_view what, size_t offset) {
 
 // Puts the WebSocket header in front of the JSON that follows kHeaderRoom and
 // returns where the frame starts.
-size_t finish_frame(std::string& buf) {
+size_t finish_frame(std::string& buf, bool websocket) {
+  if (!websocket) return kHeaderRoom;
   size_t json_len = buf.size() - kHeaderRoom;
   size_t offset = kHeaderRoom - ws_header_size(json_len);
   ws_write_text_header(json_len, buf.data() + offset);
@@ -152,7 +153,7 @@ void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
     std::lock_guard<std::mutex> lk(mu_);
     dropped_pending_ -= dropped_before;
   }
-  size_t offset = finish_frame(buf);
+  size_t offset = finish_frame(buf, opts_.websocket);
   enqueue(std::move(buf), offset);
 }
 
@@ -161,7 +162,7 @@ void Stream::deliver_json(std::string_view json) {
   buf.reserve(kHeaderRoom + json.size());
   buf.resize(kHeaderRoom);
   buf.append(json);
-  size_t offset = finish_frame(buf);
+  size_t offset = finish_frame(buf, opts_.websocket);
   enqueue(std::move(buf), offset);
 }
 
@@ -169,6 +170,11 @@ void Stream::enqueue(std::string frame, size_t offset) {
   bool wake = false;
   std::unique_lock<std::mutex> lk(mu_);
   if (!accepting_locked()) return;
+  if (opts_.newest_only) {
+    frames_.clear();
+    offsets_.clear();
+    queued_bytes_ = 0;
+  }
   queued_bytes_ += frame.size() - offset;
   frames_.push_back(std::move(frame));
   offsets_.push_back(offset);
@@ -185,6 +191,7 @@ void Stream::enqueue(std::string frame, size_t offset) {
 
   // Hold the AlephZero thread as the scheduler requires.  It then reads the
   // next packet only when released, which is what makes ITER_NEWEST skip.
+  if (opts_.newest_only) return;
   switch (opts_.scheduler) {
     case Scheduler::kImmediate:
       break;

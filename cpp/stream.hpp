@@ -63,6 +63,11 @@ struct StreamOptions {
   size_t drain_bytes = 256 * 1024;
   // IMMEDIATE: packets arriving while this many bytes are queued are dropped.
   size_t immediate_bytes = 4 * 1024 * 1024;
+  // Keep only the newest unsent frame, never waiting (prpc with ITER_NEWEST,
+  // whose reader AlephZero iterates itself).
+  bool newest_only = false;
+  // Frame each message for a WebSocket; false gives bare JSON (REST bodies).
+  bool websocket = true;
 };
 
 // What take() hands to the event loop.
