@@ -6,6 +6,7 @@ import dataclasses
 from typing import Protocol
 
 from a0gw import _native
+from a0gw.policy import AccessPolicy, confine, confine_topic
 
 
 class StreamListener(Protocol):
@@ -28,9 +29,18 @@ class StreamLimits:
 class Bridge:
     """What routes need to reach AlephZero: root, publishers and the hub."""
 
-    def __init__(self, root: str, limits: StreamLimits, rpc_timeout: float) -> None:
+    def __init__(
+        self,
+        root: str,
+        limits: StreamLimits,
+        rpc_timeout: float,
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.root = root
         self.limits = limits
+        self.policy = policy or AccessPolicy()
+        # File-name template of each protocol, e.g. "{topic}.pubsub.a0".
+        self.templates: dict[str, str] = _native.topic_templates()
         # Seconds a REST RPC waits for its reply unless the request says.
         self.rpc_timeout = rpc_timeout
         # Frames of every stream reach the event loop through this one hub.
@@ -47,6 +57,22 @@ class Bridge:
             listener = self.listeners.get(stream_id)
             if listener is not None:
                 listener.on_stream_ready()
+
+    def checked_topic(self, protocol: str, topic: str) -> str:
+        """`topic` once the policy allows it and its file stays under the root.
+
+        Raises:
+            ClientError: the topic's file would leave the root.
+            Forbidden: the topic globs exclude it.
+        """
+        self.policy.check_topic(topic)
+        confine_topic(self.root, self.templates[protocol], topic)
+        return topic
+
+    def checked_path(self, path: str) -> str:
+        """The absolute path of file `path`, once allowed and confined to the root."""
+        self.policy.check_topic(path)
+        return confine(self.root, path)
 
     def new_stream_id(self) -> int:
         """A stream id unique within this process."""

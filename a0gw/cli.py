@@ -59,6 +59,45 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a REST RPC waits for its reply; a request's own "
         "\"timeout\" field overrides it (default 30)",
     )
+    serve.add_argument(
+        "--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="time a client has to send its HTTP request, or its JSON handshake "
+        "after a WebSocket upgrade (default 10)",
+    )
+    serve.add_argument(
+        "--ping-interval", type=float, default=20.0, metavar="SECONDS",
+        help="WebSocket keepalive ping interval (default 20)",
+    )
+    serve.add_argument(
+        "--ping-timeout", type=float, default=20.0, metavar="SECONDS",
+        help="drop a WebSocket whose pong is this late (default 20)",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=4096, metavar="N",
+        help="open client connections allowed at once (default 4096)",
+    )
+    security = serve.add_argument_group("access")
+    security.add_argument(
+        "--token", default=os.environ.get("A0GW_TOKEN"),
+        help="require this bearer token (Authorization header, or ?token= for "
+        "WebSockets); default $A0GW_TOKEN",
+    )
+    security.add_argument(
+        "--allow-origin", action="append", default=None, metavar="ORIGIN",
+        help="origin allowed for WebSockets and CORS; repeat for several (default any)",
+    )
+    security.add_argument(
+        "--read-only", action="store_true",
+        help="refuse pub, write, rpc and prpc",
+    )
+    security.add_argument(
+        "--allow-topic", action="append", default=[], metavar="GLOB",
+        help="only topics and paths matching a glob are reachable; repeatable",
+    )
+    security.add_argument(
+        "--deny-topic", action="append", default=[], metavar="GLOB",
+        help="topics and paths matching a glob are refused; repeatable",
+    )
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -95,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
         max_message_bytes=args.max_message,
         immediate_bytes=args.queue_limit,
         rpc_timeout=args.rpc_timeout,
+        handshake_timeout=args.handshake_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        max_connections=args.max_connections,
+        token=args.token or None,
+        origins=tuple(args.allow_origin or ("*",)),
+        read_only=args.read_only,
+        allow_topics=tuple(args.allow_topic),
+        deny_topics=tuple(args.deny_topic),
         access_log=args.access_log,
     )
 

@@ -28,4 +28,18 @@ class Config:
     immediate_bytes: int = 4 * MIB
     # Seconds a REST RPC waits for its reply unless the request says.
     rpc_timeout: float = 30.0
+    # Seconds a client has to send a whole HTTP request once connected (or
+    # idle between keep-alive requests), and its JSON handshake once upgraded.
+    handshake_timeout: float = 10.0
+    # WebSocket keepalive: a ping every interval; no pong within the timeout
+    # drops the connection and frees its AlephZero reader.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    max_connections: int = 4096
+    # Access policy (see a0gw.policy.AccessPolicy).
+    token: str | None = None
+    origins: tuple[str, ...] = ("*",)
+    read_only: bool = False
+    allow_topics: tuple[str, ...] = ()
+    deny_topics: tuple[str, ...] = ()
     access_log: bool = False

@@ -30,6 +30,26 @@ class ClientError(RequestFailed):
     """A request the client got wrong."""
 
 
+class Unauthorized(ClientError):
+    """A bearer token is required and was missing or wrong."""
+
+    status = 401
+    close_code = 4001
+
+
+class Forbidden(ClientError):
+    """The gateway's policy refuses this (read-only mode, topic globs, origin)."""
+
+    status = 403
+    close_code = 4003
+
+
+class RequestTimeout(ClientError):
+    """The client took too long to send its request or handshake."""
+
+    status = 408
+
+
 class UpstreamTimeout(RequestFailed):
     """An AlephZero server did not answer in time."""
 

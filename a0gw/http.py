@@ -19,10 +19,12 @@ from websockets.http11 import Request as WsRequest
 from a0gw import routes
 from a0gw.errors import (
     ClientError,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RequestFailed,
+    RequestTimeout,
 )
 from a0gw.ws import WebSocketConnection
 
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("a0gw.server")
 access_logger = logging.getLogger("a0gw.access")
 
-CORS_HEADERS = [(b"access-control-allow-origin", b"*")]
 PREFLIGHT_HEADERS = [
     (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
     (b"access-control-allow-headers", b"Content-Type, Authorization"),
@@ -58,16 +59,29 @@ class HttpConnection(asyncio.Protocol):
         self.rejected = False
         # A route still working on the current request (an RPC awaiting its reply).
         self.pending: asyncio.Task[routes.Response] | None = None
+        # Access-Control-Allow-Origin for the current request, if any.
+        self.cors: bytes | None = b"*"
+        # Fires when the client is too slow to send a request, or idles too long.
+        self.timer: asyncio.TimerHandle | None = None
 
     # Transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if self.gateway.connection_count() >= self.gateway.config.max_connections:
+            logger.warning(
+                "Connection limit (%d) reached; refusing a connection",
+                self.gateway.config.max_connections,
+            )
+            self._write_raw_response(503, "Too many connections.")
+            return
         self.gateway.http_connections.add(self)
+        self._start_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.http_connections.discard(self)
+        self._stop_timer()
         if self.pending is not None:
             self.pending.cancel()
 
@@ -113,6 +127,7 @@ class HttpConnection(asyncio.Protocol):
             elif isinstance(event, h11.Data):
                 self._receive_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
+                self._stop_timer()
                 if self.h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
                     self._dispatch()
             elif isinstance(event, h11.ConnectionClosed):
@@ -198,6 +213,11 @@ class HttpConnection(asyncio.Protocol):
         self, method: str, path: str, body: bytes
     ) -> routes.Response | Awaitable[routes.Response] | None:
         """Runs the route at `path`; None when the response was already sent."""
+        assert self.request is not None
+        origin = self._origin()
+        self.cors = self.gateway.policy.cors_origin(origin)
+        if not self.gateway.policy.origin_allowed(origin):
+            raise Forbidden(f"Origin {origin} is not allowed.")
         if method == "OPTIONS":
             self._respond(204, b"", extra=PREFLIGHT_HEADERS)
             self._log_access(method, path, 204)
@@ -212,7 +232,15 @@ class HttpConnection(asyncio.Protocol):
             raise MethodNotAllowed(
                 f"Method {method} not allowed on {path}.", (expected, "OPTIONS")
             )
+        self.gateway.policy.authorize(self.request.headers, self.request.target.decode("latin-1"))
         return handler(self.gateway.bridge, body)
+
+    def _origin(self) -> str | None:
+        assert self.request is not None
+        for name, value in self.request.headers:
+            if name == b"origin":
+                return value.decode("latin-1")
+        return None
 
     # WebSocket upgrade
 
@@ -228,6 +256,16 @@ class HttpConnection(asyncio.Protocol):
             self._write_raw_response(status, f"No WebSocket route at {path}.")
             return
 
+        origin = self._origin()
+        try:
+            if not self.gateway.policy.origin_allowed(origin):
+                raise Forbidden(f"Origin {origin} is not allowed.")
+            self.gateway.policy.authorize(request.headers, target)
+        except RequestFailed as exc:
+            logger.warning("WebSocket upgrade on %s refused: %s", path, exc.reason)
+            self._write_raw_response(exc.status, exc.reason)
+            return
+
         headers = Headers(
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in request.headers
@@ -235,6 +273,7 @@ class HttpConnection(asyncio.Protocol):
         trailing, _ = self.h11.trailing_data
         connection = WebSocketConnection(self.gateway, opener, path)
         self.gateway.http_connections.discard(self)
+        self._stop_timer()
         connection.accept(self.transport, WsRequest(target, headers), trailing)
 
     def _write_raw_response(self, status: int, text: str) -> None:
@@ -242,12 +281,14 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         body = text.encode()
         reason = HTTPStatus(status).phrase
+        cors = b""
+        if self.cors is not None:
+            cors = b"access-control-allow-origin: " + self.cors + b"\r\n"
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\n"
-            "connection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode() + body)
+            f"content-length: {len(body)}\r\nconnection: close\r\n"
+        ).encode()
+        self.transport.write(head + cors + b"\r\n" + body)
         self.transport.close()
 
     # Responses
@@ -264,8 +305,9 @@ class HttpConnection(asyncio.Protocol):
             SERVER_HEADER,
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(body)).encode()),
-            *CORS_HEADERS,
         ]
+        if self.cors is not None:
+            headers.append((b"access-control-allow-origin", self.cors))
         if extra:
             headers.extend(extra)
         try:
@@ -310,8 +352,33 @@ class HttpConnection(asyncio.Protocol):
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             self.request = None
+            self._start_timer()
         elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
             self.transport.close()
+
+    # Timeouts
+
+    def _start_timer(self) -> None:
+        self._stop_timer()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.gateway.config.handshake_timeout, self._on_timeout)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        assert self.transport is not None
+        if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+            # An idle keep-alive connection: close it quietly.
+            self.transport.close()
+            return
+        timeout = self.gateway.config.handshake_timeout
+        logger.warning("Request not received within %g s; closing", timeout)
+        exc = RequestTimeout(f"Request not received within {timeout:g} s.")
+        self._write_raw_response(exc.status, exc.reason)
 
     def _log_access(self, method: str, target: str, status: int) -> None:
         if access_logger.isEnabledFor(logging.INFO):

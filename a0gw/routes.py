@@ -54,6 +54,8 @@ def publish(bridge: Bridge, body: bytes) -> Response:
     message.response_encoding()
     topic = message.required_string("topic")
     payload = _checked_payload(message, packet)
+    bridge.policy.check_writable("publish")
+    bridge.checked_topic("pubsub", topic)
     try:
         bridge.publishers.publish(topic, packet.headers, payload, packet.base64)
     except _native.InvalidBase64 as exc:
@@ -71,6 +73,8 @@ def write(bridge: Bridge, body: bytes) -> Response:
     path = message.required_string("path")
     payload = _checked_payload(message, packet)
     standard_headers = message.boolean("standard_headers", False)
+    bridge.policy.check_writable("write")
+    path = bridge.checked_path(path)
     try:
         _native.write_file(path, packet.headers, payload, packet.base64, standard_headers)
     except _native.InvalidBase64 as exc:
@@ -100,6 +104,8 @@ async def rpc(bridge: Bridge, body: bytes) -> Response:
     topic = message.required_string("topic")
     payload = _checked_payload(message, packet)
     timeout = _timeout(message, bridge.rpc_timeout)
+    bridge.policy.check_writable("rpc")
+    bridge.checked_topic("rpc", topic)
     try:
         stream, request_id = bridge.rpc_clients.call(
             bridge.hub,
@@ -197,7 +203,7 @@ def subscribe(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     return _native.open_subscriber(
         bridge.hub,
         bridge.new_stream_id(),
-        request.name,
+        bridge.checked_topic("pubsub", request.name),
         request.init,
         request.iter,
         scheduler=request.scheduler,
@@ -214,7 +220,7 @@ def read(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     return _native.open_reader(
         bridge.hub,
         bridge.new_stream_id(),
-        request.name,
+        bridge.checked_path(request.name),
         request.init,
         request.iter,
         scheduler=request.scheduler,
@@ -235,7 +241,7 @@ def log(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     return _native.open_log_listener(
         bridge.hub,
         bridge.new_stream_id(),
-        request.name,
+        bridge.checked_topic("log", request.name),
         level,
         request.init,
         request.iter,
@@ -255,6 +261,8 @@ def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     payload = _checked_payload(message, packet, required=False)
     iter_ = message.option("iter", ITER_OPTIONS, _native.ITER_NEXT)
     scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    bridge.policy.check_writable("prpc")
+    bridge.checked_topic("prpc", topic)
     try:
         return _native.open_prpc(
             bridge.hub,

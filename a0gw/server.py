@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 
 from a0gw import _native
 from a0gw.bridge import Bridge, StreamLimits
 from a0gw.config import Config
 from a0gw.http import HttpConnection
+from a0gw.policy import AccessPolicy
 from a0gw.ws import CLOSE_GOING_AWAY, WebSocketConnection
 
 logger = logging.getLogger("a0gw.server")
@@ -21,10 +23,18 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.policy = AccessPolicy(
+            token=config.token,
+            origins=config.origins,
+            read_only=config.read_only,
+            allow_topics=config.allow_topics,
+            deny_topics=config.deny_topics,
+        )
         self.bridge = Bridge(
             config.root,
             StreamLimits(drain_bytes=config.drain_bytes, immediate_bytes=config.immediate_bytes),
             rpc_timeout=config.rpc_timeout,
+            policy=self.policy,
         )
         # Live connections, so shutdown can close them.
         self.http_connections: set[HttpConnection] = set()
@@ -58,6 +68,10 @@ class Gateway:
             await server.wait_closed()
         logger.info("Stopped")
 
+    def connection_count(self) -> int:
+        """Open client connections, HTTP and WebSocket."""
+        return len(self.http_connections) + len(self.ws_connections)
+
     def stop(self) -> None:
         """Asks serve() to return; safe to call from a signal handler."""
         self.stopping.set()
@@ -83,13 +97,26 @@ class Gateway:
             host, port = sock.getsockname()[:2]
             logger.info("Listening on http://%s:%d (AlephZero root %s)", host, port, self.config.root)
         if self.config.host in ("127.0.0.1", "localhost", "::1"):
-            logger.info("Only local clients can connect; use --host 0.0.0.0 to listen on all interfaces")
+            logger.info(
+                "Only local clients can connect; use --host 0.0.0.0 to listen on all interfaces"
+            )
+        elif self.config.token is None:
+            logger.warning("Listening beyond this machine without --token: anyone can connect")
+
+
+def _raise_file_limit() -> None:
+    # Each connection is a descriptor and each stream maps a file: lift the soft
+    # limit to the hard one so --max-connections, not the shell, is the bound.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(config: Config) -> int:
     """Runs a gateway with uvloop until SIGTERM or SIGINT; returns the exit status."""
     import uvloop
 
+    _raise_file_limit()
     os.environ["A0_ROOT"] = config.root
     os.environ["A0_TOPIC"] = config.topic
     os.makedirs(config.root, exist_ok=True)

@@ -76,7 +76,12 @@ class WebSocketConnection(asyncio.Protocol):
         self.paused = False
         # We sent a close frame: no more data frames may follow it.
         self.closing = False
+        # Drops the connection when the closing handshake stalls.
         self.close_timer: asyncio.TimerHandle | None = None
+        # Ends the connection if the JSON handshake does not come in time.
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        # Keepalive: the next ping, or the deadline of the pong awaited.
+        self.ping_timer: asyncio.TimerHandle | None = None
 
     # Public methods
 
@@ -96,6 +101,11 @@ class WebSocketConnection(asyncio.Protocol):
             high=limits.socket_high_water, low=limits.socket_high_water // 4
         )
         self.gateway.ws_connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.handshake_timer = loop.call_later(
+            self.gateway.config.handshake_timeout, self._on_handshake_timeout
+        )
+        self._schedule_ping()
         self._flush()
         if trailing:
             self.data_received(trailing)
@@ -127,8 +137,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.ws_connections.discard(self)
-        if self.close_timer is not None:
-            self.close_timer.cancel()
+        for timer in (self.close_timer, self.handshake_timer, self.ping_timer):
+            if timer is not None:
+                timer.cancel()
         self._stop_stream()
 
     def pause_writing(self) -> None:
@@ -143,6 +154,8 @@ class WebSocketConnection(asyncio.Protocol):
         for frame in self.protocol.events_received():
             if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 self._receive_fragment(frame.opcode, frame.data, frame.fin)
+            elif frame.opcode is Opcode.PONG:
+                self._schedule_ping()
         if self.protocol.close_code == PayloadTooLarge.close_code and not self.closing:
             limit = self.gateway.config.max_message_bytes
             logger.warning("WebSocket message over %d bytes on %s", limit, self.path)
@@ -194,7 +207,48 @@ class WebSocketConnection(asyncio.Protocol):
             raise ClientError(str(exc)) from None
         self.stream = stream
         self.gateway.bridge.listeners[stream.id] = self
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         logger.debug("Stream %d opened on %s", stream.id, self.path)
+
+    # Timers
+
+    def _on_handshake_timeout(self) -> None:
+        self.handshake_timer = None
+        if self.stream is None and not self.closing:
+            timeout = self.gateway.config.handshake_timeout
+            logger.warning("No handshake within %g s on %s; closing", timeout, self.path)
+            self.close(CLOSE_BAD_REQUEST, f"Handshake not received within {timeout:g} s.")
+
+    def _schedule_ping(self) -> None:
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.ping_timer = loop.call_later(self.gateway.config.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        try:
+            self.protocol.send_ping(b"a0gw")
+        except InvalidState:
+            return
+        self._flush()
+        loop = asyncio.get_running_loop()
+        self.ping_timer = loop.call_later(self.gateway.config.ping_timeout, self._on_pong_timeout)
+
+    def _on_pong_timeout(self) -> None:
+        # The peer vanished without a close (cable pulled, laptop asleep):
+        # drop it so its AlephZero reader is freed.
+        self.ping_timer = None
+        logger.warning(
+            "No pong within %g s on %s; dropping the connection",
+            self.gateway.config.ping_timeout,
+            self.path,
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     # Private methods
 
