@@ -1,5 +1,7 @@
 #include "publish.hpp"
 
+#include <sys/stat.h>
+
 #include "encoding.hpp"
 #include "sources.hpp"
 
@@ -17,12 +19,25 @@ a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool
                     a0::ref);
 }
 
+FileIdentity topic_file_identity(const char* tmpl, const std::string& topic) {
+  std::string path = std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
 a0::Publisher& PublisherCache::get(const std::string& topic) {
+  const char* tmpl = a0::env::topic_tmpl_pubsub();
   auto it = publishers_.find(topic);
-  if (it != publishers_.end()) return it->second;
+  if (it != publishers_.end()) {
+    if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.publisher;
+    publishers_.erase(it);
+  }
   if (publishers_.size() >= capacity_) publishers_.erase(publishers_.begin());
   try {
-    return publishers_.emplace(topic, a0::Publisher(a0::PubSubTopic(topic))).first->second;
+    a0::Publisher publisher{a0::PubSubTopic(topic)};
+    Entry entry{std::move(publisher), topic_file_identity(tmpl, topic)};
+    return publishers_.emplace(topic, std::move(entry)).first->second.publisher;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
   }

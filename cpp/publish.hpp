@@ -3,6 +3,7 @@
 
 #include <a0.h>
 
+#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,16 @@
 namespace a0gw {
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// Device and inode of a file; zeros when it does not exist.
+struct FileIdentity {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
+};
+
+// Identity of the file a topic of protocol template `tmpl` lives in.
+FileIdentity topic_file_identity(const char* tmpl, const std::string& topic);
 
 // A payload that is not valid base64; `offset` is the first bad character.
 struct InvalidBase64 : std::invalid_argument {
@@ -34,6 +45,9 @@ class PublisherCache {
  public:
   explicit PublisherCache(size_t capacity) : capacity_(capacity) {}
 
+  // A cached publisher is reopened when its file was removed or replaced
+  // (the root wiped and re-created), so publishes never go to an unlinked file.
+
   // Publishes with AlephZero's standard headers added, as a0::Publisher does.
   void publish(const std::string& topic, const HeaderList& headers, std::string_view payload,
                bool payload_is_base64);
@@ -41,9 +55,14 @@ class PublisherCache {
  private:
   a0::Publisher& get(const std::string& topic);
 
+  struct Entry {
+    a0::Publisher publisher;
+    FileIdentity identity;
+  };
+
   size_t capacity_;
   std::mutex mu_;
-  std::unordered_map<std::string, a0::Publisher> publishers_;
+  std::unordered_map<std::string, Entry> publishers_;
 };
 
 // Writes one packet to the AlephZero file at `path`, adding the standard

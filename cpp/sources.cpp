@@ -148,10 +148,17 @@ std::shared_ptr<Stream> open_discovery(std::shared_ptr<Hub> hub, uint64_t id,
 }
 
 a0::RpcClient& RpcClients::get(const std::string& topic) {
+  // Reopened when the topic's file was replaced, as for publishers.
+  const char* tmpl = a0::env::topic_tmpl_rpc();
   auto it = clients_.find(topic);
-  if (it != clients_.end()) return it->second;
+  if (it != clients_.end()) {
+    if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.client;
+    clients_.erase(it);
+  }
   if (clients_.size() >= capacity_) clients_.erase(clients_.begin());
-  return clients_.emplace(topic, a0::RpcClient(a0::RpcTopic(topic))).first->second;
+  a0::RpcClient client{a0::RpcTopic(topic)};
+  Entry entry{std::move(client), topic_file_identity(tmpl, topic)};
+  return clients_.emplace(topic, std::move(entry)).first->second.client;
 }
 
 std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
@@ -174,7 +181,7 @@ void RpcClients::cancel(const std::string& topic, const std::string& request_id)
   auto it = clients_.find(topic);
   if (it == clients_.end()) return;
   try {
-    it->second.cancel(request_id);
+    it->second.client.cancel(request_id);
   } catch (const std::exception&) {
     // Already answered or already cancelled.
   }

@@ -12,6 +12,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "publish.hpp"
 #include "stream.hpp"
 
 namespace a0gw {
@@ -59,9 +60,14 @@ class RpcClients {
  private:
   a0::RpcClient& get(const std::string& topic);
 
+  struct Entry {
+    a0::RpcClient client;
+    FileIdentity identity;
+  };
+
   size_t capacity_;
   std::mutex mu_;
-  std::unordered_map<std::string, a0::RpcClient> clients_;
+  std::unordered_map<std::string, Entry> clients_;
 };
 
 }  // namespace a0gw
