@@ -74,6 +74,23 @@ class Bridge:
         self.policy.check_topic(path)
         return confine(self.root, path)
 
+    def stream_options(
+        self,
+        scheduler: int,
+        encoding: int,
+        seq_min: int | None = None,
+        newest_only: bool = False,
+    ) -> _native.StreamOptions:
+        """Native stream options with this gateway's queue bounds."""
+        return _native.StreamOptions(
+            scheduler=scheduler,
+            encoding=encoding,
+            seq_min=seq_min,
+            drain_bytes=self.limits.drain_bytes,
+            immediate_bytes=self.limits.immediate_bytes,
+            newest_only=newest_only,
+        )
+
     def new_stream_id(self) -> int:
         """A stream id unique within this process."""
         self._next_stream_id += 1

@@ -31,74 +31,116 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)",
     )
     serve.add_argument(
-        "--port", type=int, default=None,
+        "--port",
+        type=int,
+        default=None,
         help=f"port to listen on (default $PORT_STR or {DEFAULT_PORT})",
     )
     serve.add_argument(
-        "--root", default=None,
+        "--root",
+        default=None,
         help=f"AlephZero root (default $A0_ROOT or {DEFAULT_ROOT})",
     )
     serve.add_argument(
-        "--max-body", type=int, default=16 * MIB, metavar="BYTES",
+        "--max-body",
+        type=int,
+        default=16 * MIB,
+        metavar="BYTES",
         help="largest REST request body (default 16 MiB)",
     )
     serve.add_argument(
-        "--max-message", type=int, default=16 * MIB, metavar="BYTES",
+        "--max-message",
+        type=int,
+        default=16 * MIB,
+        metavar="BYTES",
         help="largest WebSocket message from a client (default 16 MiB)",
     )
     serve.add_argument(
-        "--queue-limit", type=int, default=4 * MIB, metavar="BYTES",
-        help="bytes an IMMEDIATE stream may queue before dropping packets (default 4 MiB)",
+        "--queue-limit",
+        type=int,
+        default=4 * MIB,
+        metavar="BYTES",
+        help="bytes an IMMEDIATE stream may queue before it drops packets "
+        "(default 4 MiB)",
     )
     serve.add_argument(
-        "--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--rpc-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="how long a REST RPC waits for its reply; a request's own "
-        "\"timeout\" field overrides it (default 30)",
+        '"timeout" field overrides it (default 30)',
     )
     serve.add_argument(
-        "--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="time a client has to send its HTTP request, or its JSON handshake "
         "after a WebSocket upgrade (default 10)",
     )
     serve.add_argument(
-        "--ping-interval", type=float, default=20.0, metavar="SECONDS",
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
         help="WebSocket keepalive ping interval (default 20)",
     )
     serve.add_argument(
-        "--ping-timeout", type=float, default=20.0, metavar="SECONDS",
+        "--ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
         help="drop a WebSocket whose pong is this late (default 20)",
     )
     serve.add_argument(
-        "--max-connections", type=int, default=4096, metavar="N",
+        "--max-connections",
+        type=int,
+        default=4096,
+        metavar="N",
         help="open client connections allowed at once (default 4096)",
     )
     security = serve.add_argument_group("access")
     security.add_argument(
-        "--token", default=os.environ.get("A0GW_TOKEN"),
+        "--token",
+        default=os.environ.get("A0GW_TOKEN"),
         help="require this bearer token (Authorization header, or ?token= for "
         "WebSockets); default $A0GW_TOKEN",
     )
     security.add_argument(
-        "--allow-origin", action="append", default=None, metavar="ORIGIN",
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
         help="origin allowed for WebSockets and CORS; repeat for several (default any)",
     )
     security.add_argument(
-        "--read-only", action="store_true",
+        "--read-only",
+        action="store_true",
         help="refuse pub, write, rpc and prpc",
     )
     security.add_argument(
-        "--allow-topic", action="append", default=[], metavar="GLOB",
+        "--allow-topic",
+        action="append",
+        default=[],
+        metavar="GLOB",
         help="only topics and paths matching a glob are reachable; repeatable",
     )
     security.add_argument(
-        "--deny-topic", action="append", default=[], metavar="GLOB",
+        "--deny-topic",
+        action="append",
+        default=[],
+        metavar="GLOB",
         help="topics and paths matching a glob are refused; repeatable",
     )
-    serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log one line per request"
+    )
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Awaitable, cast
+from typing import TYPE_CHECKING, cast
 
 import h11
 from websockets.datastructures import Headers
@@ -30,6 +31,9 @@ from a0gw.ws import WebSocketConnection
 
 if TYPE_CHECKING:
     from a0gw.server import Gateway
+
+# A documented state of h11 that its __all__ leaves out.
+MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
 
 logger = logging.getLogger("a0gw.server")
 access_logger = logging.getLogger("a0gw.access")
@@ -115,7 +119,7 @@ class HttpConnection(asyncio.Protocol):
             if event is h11.NEED_DATA:
                 return
             if event is h11.PAUSED:
-                if self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                if self.h11.their_state is MIGHT_SWITCH_PROTOCOL:
                     self._upgrade()
                 # Otherwise a pipelined request waits for our response.
                 return
@@ -128,7 +132,7 @@ class HttpConnection(asyncio.Protocol):
                 self._receive_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self._stop_timer()
-                if self.h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+                if self.h11.their_state is not MIGHT_SWITCH_PROTOCOL:
                     self._dispatch()
             elif isinstance(event, h11.ConnectionClosed):
                 self.transport.close()
@@ -144,7 +148,9 @@ class HttpConnection(asyncio.Protocol):
             limit = self.gateway.config.max_body_bytes
             logger.warning("Request body over %d bytes refused", limit)
             # The client may still be sending: answer now and close.
-            self._respond_error(PayloadTooLarge(f"Request body is larger than {limit} bytes."))
+            self._respond_error(
+                PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+            )
             self._close_after_response()
             return
         self.body.append(data)
@@ -161,7 +167,7 @@ class HttpConnection(asyncio.Protocol):
         self.body = []
         try:
             result = self._handle(method, path, body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _finish logs our own bugs.
             self._finish(method, target, None, exc)
             return
         if isinstance(result, routes.Response) or result is None:
@@ -179,8 +185,12 @@ class HttpConnection(asyncio.Protocol):
             self.pending = None
             if task.cancelled():
                 return
-            self._finish(method, target, task.result() if not task.exception() else None,
-                         task.exception())
+            self._finish(
+                method,
+                target,
+                task.result() if not task.exception() else None,
+                task.exception(),
+            )
             if self.transport is not None and not self.transport.is_closing():
                 self._process()
 
@@ -232,7 +242,9 @@ class HttpConnection(asyncio.Protocol):
             raise MethodNotAllowed(
                 f"Method {method} not allowed on {path}.", (expected, "OPTIONS")
             )
-        self.gateway.policy.authorize(self.request.headers, self.request.target.decode("latin-1"))
+        self.gateway.policy.authorize(
+            self.request.headers, self.request.target.decode("latin-1")
+        )
         return handler(self.gateway.bridge, body)
 
     def _origin(self) -> str | None:
@@ -312,10 +324,16 @@ class HttpConnection(asyncio.Protocol):
             headers.extend(extra)
         try:
             data = self.h11.send(
-                h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+                h11.Response(
+                    status_code=status,
+                    headers=headers,
+                    reason=HTTPStatus(status).phrase,
+                )
             )
             assert data is not None
-            if body and not (self.request is not None and self.request.method == b"HEAD"):
+            if body and not (
+                self.request is not None and self.request.method == b"HEAD"
+            ):
                 more = self.h11.send(h11.Data(data=body))
                 assert more is not None
                 data += more
@@ -353,7 +371,10 @@ class HttpConnection(asyncio.Protocol):
             self.h11.start_next_cycle()
             self.request = None
             self._start_timer()
-        elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+        elif (
+            self.h11.our_state is h11.MUST_CLOSE
+            or self.h11.their_state is h11.MUST_CLOSE
+        ):
             self.transport.close()
 
     # Timeouts
@@ -361,7 +382,9 @@ class HttpConnection(asyncio.Protocol):
     def _start_timer(self) -> None:
         self._stop_timer()
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.gateway.config.handshake_timeout, self._on_timeout)
+        self.timer = loop.call_later(
+            self.gateway.config.handshake_timeout, self._on_timeout
+        )
 
     def _stop_timer(self) -> None:
         if self.timer is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from a0gw.errors import ClientError, Forbidden, Unauthorized

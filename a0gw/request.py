@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from a0gw import _native
 from a0gw.errors import ClientError
@@ -149,7 +150,9 @@ class RequestMessage:
         """The `packet` field with its headers and payload checked."""
         present, packet = self._lookup("packet")
         if present and not isinstance(packet, dict):
-            raise bad_format("/packet", f"type must be object, but is {_json_type(packet)}")
+            raise bad_format(
+                "/packet", f"type must be object, but is {_json_type(packet)}"
+            )
         encoding = self.option(
             "request_encoding",
             ENCODING_OPTIONS,
@@ -220,17 +223,27 @@ def parse_stream_request(message: RequestMessage, name_field: str) -> StreamRequ
     # `init` is a name, or the a0_transport_seq to resume from.
     seq_min = None
     present, init_value = message._lookup("init")
-    if present and isinstance(init_value, (int, float)) and not isinstance(init_value, bool):
+    if (
+        present
+        and isinstance(init_value, (int, float))
+        and not isinstance(init_value, bool)
+    ):
         if not isinstance(init_value, int) or init_value < 0:
             raise bad_format("init", "a sequence number must be a non-negative integer")
         seq_min = init_value
         # Read from the start and skip what is older than seq_min; with NEWEST,
         # start at the most recent packet instead.
-        init = _native.INIT_OLDEST if iter_ == _native.ITER_NEXT else _native.INIT_MOST_RECENT
+        init = (
+            _native.INIT_OLDEST
+            if iter_ == _native.ITER_NEXT
+            else _native.INIT_MOST_RECENT
+        )
     else:
         init = message.option("init", INIT_OPTIONS, _native.INIT_AWAIT_NEW)
 
-    scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    scheduler = message.option(
+        "scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN
+    )
     return StreamRequest(
         name=name,
         init=init,

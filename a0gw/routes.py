@@ -12,7 +12,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Awaitable, Callable, Union
+from collections.abc import Awaitable
+from typing import Callable, Union
 
 from a0gw import _native
 from a0gw.bridge import Bridge
@@ -24,6 +25,7 @@ from a0gw.request import (
     SCHEDULER_OPTIONS,
     Packet,
     RequestMessage,
+    StreamRequest,
     bad_format,
     parse_stream_request,
 )
@@ -76,7 +78,9 @@ def write(bridge: Bridge, body: bytes) -> Response:
     bridge.policy.check_writable("write")
     path = bridge.checked_path(path)
     try:
-        _native.write_file(path, packet.headers, payload, packet.base64, standard_headers)
+        _native.write_file(
+            path, packet.headers, payload, packet.base64, standard_headers
+        )
     except _native.InvalidBase64 as exc:
         raise bad_format(PAYLOAD_FIELD, str(exc)) from None
     except _native.AlephZeroError as exc:
@@ -197,6 +201,10 @@ def _checked_payload(
 # Stream routes
 
 
+def _options(bridge: Bridge, request: StreamRequest) -> _native.StreamOptions:
+    return bridge.stream_options(request.scheduler, request.encoding, request.seq_min)
+
+
 def subscribe(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     """/wsapi/sub: stream the packets of a pubsub topic."""
     request = parse_stream_request(message, "topic")
@@ -206,11 +214,7 @@ def subscribe(bridge: Bridge, message: RequestMessage) -> _native.Stream:
         bridge.checked_topic("pubsub", request.name),
         request.init,
         request.iter,
-        scheduler=request.scheduler,
-        encoding=request.encoding,
-        seq_min=request.seq_min,
-        drain_bytes=bridge.limits.drain_bytes,
-        immediate_bytes=bridge.limits.immediate_bytes,
+        _options(bridge, request),
     )
 
 
@@ -223,11 +227,7 @@ def read(bridge: Bridge, message: RequestMessage) -> _native.Stream:
         bridge.checked_path(request.name),
         request.init,
         request.iter,
-        scheduler=request.scheduler,
-        encoding=request.encoding,
-        seq_min=request.seq_min,
-        drain_bytes=bridge.limits.drain_bytes,
-        immediate_bytes=bridge.limits.immediate_bytes,
+        _options(bridge, request),
     )
 
 
@@ -245,11 +245,7 @@ def log(bridge: Bridge, message: RequestMessage) -> _native.Stream:
         level,
         request.init,
         request.iter,
-        scheduler=request.scheduler,
-        encoding=request.encoding,
-        seq_min=request.seq_min,
-        drain_bytes=bridge.limits.drain_bytes,
-        immediate_bytes=bridge.limits.immediate_bytes,
+        _options(bridge, request),
     )
 
 
@@ -260,7 +256,9 @@ def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     topic = message.required_string("topic")
     payload = _checked_payload(message, packet, required=False)
     iter_ = message.option("iter", ITER_OPTIONS, _native.ITER_NEXT)
-    scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    scheduler = message.option(
+        "scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN
+    )
     bridge.policy.check_writable("prpc")
     bridge.checked_topic("prpc", topic)
     try:
@@ -271,11 +269,9 @@ def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
             packet.headers,
             payload,
             packet.base64,
-            newest_only=iter_ == _native.ITER_NEWEST,
-            scheduler=scheduler,
-            encoding=encoding,
-            drain_bytes=bridge.limits.drain_bytes,
-            immediate_bytes=bridge.limits.immediate_bytes,
+            bridge.stream_options(
+                scheduler, encoding, newest_only=iter_ == _native.ITER_NEWEST
+            ),
         )
     except _native.InvalidBase64 as exc:
         raise bad_format(PAYLOAD_FIELD, str(exc)) from None
@@ -288,17 +284,16 @@ def discover(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     if not template:
         raise ClientError("Request has unknown value for field: protocol  value: ")
     topic = message.string("topic") or "**/*"
-    scheduler = message.option("scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN)
+    scheduler = message.option(
+        "scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN
+    )
     return _native.open_discovery(
         bridge.hub,
         bridge.new_stream_id(),
         bridge.root,
         template,
         topic,
-        scheduler=scheduler,
-        encoding=_native.ENCODING_NONE,
-        drain_bytes=bridge.limits.drain_bytes,
-        immediate_bytes=bridge.limits.immediate_bytes,
+        bridge.stream_options(scheduler, _native.ENCODING_NONE),
     )
 
 

@@ -32,7 +32,9 @@ class Gateway:
         )
         self.bridge = Bridge(
             config.root,
-            StreamLimits(drain_bytes=config.drain_bytes, immediate_bytes=config.immediate_bytes),
+            StreamLimits(
+                drain_bytes=config.drain_bytes, immediate_bytes=config.immediate_bytes
+            ),
             rpc_timeout=config.rpc_timeout,
             policy=self.policy,
         )
@@ -83,7 +85,9 @@ class Gateway:
         # loop, serving meanwhile.
         if deadman.try_take():
             return
-        logger.warning("Deadman of topic %r is held by another process; waiting", self.config.topic)
+        logger.warning(
+            "Deadman of topic %r is held by another process; waiting", self.config.topic
+        )
         await asyncio.get_running_loop().run_in_executor(None, deadman.take)
 
     def _close_connections(self) -> None:
@@ -95,13 +99,21 @@ class Gateway:
     def _log_listening(self, server: asyncio.Server) -> None:
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
-            logger.info("Listening on http://%s:%d (AlephZero root %s)", host, port, self.config.root)
+            logger.info(
+                "Listening on http://%s:%d (AlephZero root %s)",
+                host,
+                port,
+                self.config.root,
+            )
         if self.config.host in ("127.0.0.1", "localhost", "::1"):
             logger.info(
-                "Only local clients can connect; use --host 0.0.0.0 to listen on all interfaces"
+                "Only local clients can connect; "
+                "use --host 0.0.0.0 to listen on all interfaces"
             )
         elif self.config.token is None:
-            logger.warning("Listening beyond this machine without --token: anyone can connect")
+            logger.warning(
+                "Listening beyond this machine without --token: anyone can connect"
+            )
 
 
 def _raise_file_limit() -> None:
@@ -129,7 +141,12 @@ def run(config: Config) -> int:
         try:
             await gateway.serve()
         except OSError as exc:
-            logger.error("Cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+            logger.error(
+                "Cannot listen on %s:%d: %s",
+                config.host,
+                config.port,
+                exc.strerror or exc,
+            )
             return 1
         return 0
 

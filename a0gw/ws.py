@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from websockets.exceptions import InvalidState
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -85,7 +85,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     # Public methods
 
-    def accept(self, transport: asyncio.Transport, request: Request, trailing: bytes) -> None:
+    def accept(
+        self, transport: asyncio.Transport, request: Request, trailing: bytes
+    ) -> None:
         """Completes the opening handshake on `transport`, then serves it."""
         self.transport = transport
         # websockets checks the upgrade request and computes the response.
@@ -93,7 +95,9 @@ class WebSocketConnection(asyncio.Protocol):
         transport.set_protocol(self)
         transport.write(response.serialize())
         if response.status_code != 101:
-            logger.warning("WebSocket upgrade refused on %s: %d", self.path, response.status_code)
+            logger.warning(
+                "WebSocket upgrade refused on %s: %d", self.path, response.status_code
+            )
             transport.close()
             return
         limits = self.gateway.config
@@ -152,8 +156,10 @@ class WebSocketConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
         for frame in self.protocol.events_received():
+            # After the opening handshake the protocol only yields frames.
+            assert isinstance(frame, Frame)
             if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                self._receive_fragment(frame.opcode, frame.data, frame.fin)
+                self._receive_fragment(frame.opcode, bytes(frame.data), frame.fin)
             elif frame.opcode is Opcode.PONG:
                 self._schedule_ping()
         if self.protocol.close_code == PayloadTooLarge.close_code and not self.closing:
@@ -218,14 +224,20 @@ class WebSocketConnection(asyncio.Protocol):
         self.handshake_timer = None
         if self.stream is None and not self.closing:
             timeout = self.gateway.config.handshake_timeout
-            logger.warning("No handshake within %g s on %s; closing", timeout, self.path)
-            self.close(CLOSE_BAD_REQUEST, f"Handshake not received within {timeout:g} s.")
+            logger.warning(
+                "No handshake within %g s on %s; closing", timeout, self.path
+            )
+            self.close(
+                CLOSE_BAD_REQUEST, f"Handshake not received within {timeout:g} s."
+            )
 
     def _schedule_ping(self) -> None:
         if self.ping_timer is not None:
             self.ping_timer.cancel()
         loop = asyncio.get_running_loop()
-        self.ping_timer = loop.call_later(self.gateway.config.ping_interval, self._send_ping)
+        self.ping_timer = loop.call_later(
+            self.gateway.config.ping_interval, self._send_ping
+        )
 
     def _send_ping(self) -> None:
         if self.closing or self.transport is None:
@@ -236,7 +248,9 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._flush()
         loop = asyncio.get_running_loop()
-        self.ping_timer = loop.call_later(self.gateway.config.ping_timeout, self._on_pong_timeout)
+        self.ping_timer = loop.call_later(
+            self.gateway.config.ping_timeout, self._on_pong_timeout
+        )
 
     def _on_pong_timeout(self) -> None:
         # The peer vanished without a close (cable pulled, laptop asleep):

@@ -23,17 +23,6 @@ a0::Reader::Options reader_options(int init, int iter) {
                              static_cast<a0::Reader::Iter>(iter));
 }
 
-StreamOptions stream_options(int scheduler, int encoding, std::optional<uint64_t> seq_min,
-                             size_t drain_bytes, size_t immediate_bytes) {
-  StreamOptions opts;
-  opts.scheduler = static_cast<Scheduler>(scheduler);
-  opts.encoding = static_cast<Encoding>(encoding);
-  opts.seq_min = seq_min;
-  opts.drain_bytes = drain_bytes;
-  opts.immediate_bytes = immediate_bytes;
-  return opts;
-}
-
 // Hands a batch to Python as (bytes, close_code, close_reason).  The bytes
 // object is allocated with the GIL and filled without it.
 py::tuple batch_to_python(Batch batch) {
@@ -52,11 +41,6 @@ py::tuple batch_to_python(Batch batch) {
   }
   return py::make_tuple(std::move(data), batch.close_code, std::move(batch.close_reason));
 }
-
-#define STREAM_ARGS                                                                      \
-  py::arg("scheduler"), py::arg("encoding"), py::arg("seq_min") = py::none(),            \
-      py::arg("drain_bytes") = StreamOptions{}.drain_bytes,                              \
-      py::arg("immediate_bytes") = StreamOptions{}.immediate_bytes
 
 }  // namespace
 
@@ -110,6 +94,23 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("fd", &Hub::fd)
       .def("take_ready", &Hub::take_ready, "Clears the eventfd; returns ready stream ids.");
 
+  py::class_<StreamOptions>(m, "StreamOptions", "How a stream schedules and encodes its frames.")
+      .def(py::init([](int scheduler, int encoding, std::optional<uint64_t> seq_min,
+                       size_t drain_bytes, size_t immediate_bytes, bool newest_only) {
+             StreamOptions opts;
+             opts.scheduler = static_cast<Scheduler>(scheduler);
+             opts.encoding = static_cast<Encoding>(encoding);
+             opts.seq_min = seq_min;
+             opts.drain_bytes = drain_bytes;
+             opts.immediate_bytes = immediate_bytes;
+             opts.newest_only = newest_only;
+             return opts;
+           }),
+           py::arg("scheduler"), py::arg("encoding"), py::arg("seq_min") = py::none(),
+           py::arg("drain_bytes") = StreamOptions{}.drain_bytes,
+           py::arg("immediate_bytes") = StreamOptions{}.immediate_bytes,
+           py::arg("newest_only") = false);
+
   py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Frames from one AlephZero source.")
       .def_property_readonly("id", &Stream::id)
       .def_property_readonly("dropped", &Stream::dropped)
@@ -131,70 +132,54 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "open_subscriber",
       [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic, int init, int iter,
-         int scheduler, int encoding, std::optional<uint64_t> seq_min, size_t drain_bytes,
-         size_t immediate_bytes) {
+         const StreamOptions& opts) {
         py::gil_scoped_release release;
-        return open_subscriber(std::move(hub), id, topic, reader_options(init, iter),
-                               stream_options(scheduler, encoding, seq_min, drain_bytes,
-                                              immediate_bytes));
+        return open_subscriber(std::move(hub), id, topic, reader_options(init, iter), opts);
       },
       py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("init"), py::arg("iter"),
-      STREAM_ARGS, "Streams the pubsub topic `topic`.");
+      py::arg("options"), "Streams the pubsub topic `topic`.");
   m.def(
       "open_reader",
       [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& path, int init, int iter,
-         int scheduler, int encoding, std::optional<uint64_t> seq_min, size_t drain_bytes,
-         size_t immediate_bytes) {
+         const StreamOptions& opts) {
         py::gil_scoped_release release;
-        return open_reader(std::move(hub), id, path, reader_options(init, iter),
-                           stream_options(scheduler, encoding, seq_min, drain_bytes,
-                                          immediate_bytes));
+        return open_reader(std::move(hub), id, path, reader_options(init, iter), opts);
       },
       py::arg("hub"), py::arg("id"), py::arg("path"), py::arg("init"), py::arg("iter"),
-      STREAM_ARGS, "Streams the AlephZero file at `path`.");
+      py::arg("options"), "Streams the AlephZero file at `path`.");
 
   m.def(
       "open_log_listener",
       [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic, int level, int init,
-         int iter, int scheduler, int encoding, std::optional<uint64_t> seq_min,
-         size_t drain_bytes, size_t immediate_bytes) {
+         int iter, const StreamOptions& opts) {
         py::gil_scoped_release release;
         return open_log_listener(std::move(hub), id, topic, static_cast<a0::LogLevel>(level),
-                                 reader_options(init, iter),
-                                 stream_options(scheduler, encoding, seq_min, drain_bytes,
-                                                immediate_bytes));
+                                 reader_options(init, iter), opts);
       },
       py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("level"), py::arg("init"),
-      py::arg("iter"), STREAM_ARGS, "Streams the log of `topic` at `level` and above.");
+      py::arg("iter"), py::arg("options"), "Streams the log of `topic` at `level` and above.");
   m.def(
       "open_prpc",
       [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic,
          const HeaderList& headers, std::string_view payload, bool payload_is_base64,
-         bool newest_only, int scheduler, int encoding, std::optional<uint64_t> seq_min,
-         size_t drain_bytes, size_t immediate_bytes) {
+         const StreamOptions& opts) {
         py::gil_scoped_release release;
         std::string decoded;
         a0::Packet request = make_packet(headers, payload, payload_is_base64, decoded);
-        StreamOptions opts =
-            stream_options(scheduler, encoding, seq_min, drain_bytes, immediate_bytes);
-        opts.newest_only = newest_only;
         return open_prpc(std::move(hub), id, topic, std::move(request), opts);
       },
       py::arg("hub"), py::arg("id"), py::arg("topic"), py::arg("headers"), py::arg("payload"),
-      py::arg("base64"), py::arg("newest_only"), STREAM_ARGS,
+      py::arg("base64"), py::arg("options"),
       "Opens a progressive RPC on `topic` and streams its progress.");
   m.def(
       "open_discovery",
       [](std::shared_ptr<Hub> hub, uint64_t id, const std::string& root, const std::string& tmpl,
-         const std::string& topic_glob, int scheduler, int encoding,
-         std::optional<uint64_t> seq_min, size_t drain_bytes, size_t immediate_bytes) {
+         const std::string& topic_glob, const StreamOptions& opts) {
         py::gil_scoped_release release;
-        return open_discovery(std::move(hub), id, root, tmpl, topic_glob,
-                              stream_options(scheduler, encoding, seq_min, drain_bytes,
-                                             immediate_bytes));
+        return open_discovery(std::move(hub), id, root, tmpl, topic_glob, opts);
       },
       py::arg("hub"), py::arg("id"), py::arg("root"), py::arg("template"), py::arg("topic"),
-      STREAM_ARGS, "Announces AlephZero files matching a topic glob, now and later.");
+      py::arg("options"), "Announces AlephZero files matching a topic glob, now and later.");
   m.def(
       "topic_templates",
       [] {

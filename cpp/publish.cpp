@@ -1,7 +1,5 @@
 #include "publish.hpp"
 
-#include <sys/stat.h>
-
 #include "encoding.hpp"
 #include "sources.hpp"
 
@@ -19,37 +17,14 @@ a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool
                     a0::ref);
 }
 
-FileIdentity topic_file_identity(const char* tmpl, const std::string& topic) {
-  std::string path = std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return {};
-  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
-}
-
-a0::Publisher& PublisherCache::get(const std::string& topic) {
-  const char* tmpl = a0::env::topic_tmpl_pubsub();
-  auto it = publishers_.find(topic);
-  if (it != publishers_.end()) {
-    if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.publisher;
-    publishers_.erase(it);
-  }
-  if (publishers_.size() >= capacity_) publishers_.erase(publishers_.begin());
-  try {
-    a0::Publisher publisher{a0::PubSubTopic(topic)};
-    Entry entry{std::move(publisher), topic_file_identity(tmpl, topic)};
-    return publishers_.emplace(topic, std::move(entry)).first->second.publisher;
-  } catch (const std::exception& e) {
-    throw AlephZeroError(e.what());
-  }
-}
-
 void PublisherCache::publish(const std::string& topic, const HeaderList& headers,
                              std::string_view payload, bool payload_is_base64) {
   std::string decoded;
   a0::Packet pkt = make_packet(headers, payload, payload_is_base64, decoded);
   std::lock_guard<std::mutex> lk(mu_);
-  a0::Publisher& publisher = get(topic);
   try {
+    a0::Publisher& publisher =
+        publishers_.get(topic, [](const std::string& t) { return a0::Publisher(t); });
     publisher.pub(pkt);
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());

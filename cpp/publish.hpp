@@ -3,7 +3,6 @@
 
 #include <a0.h>
 
-#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -12,19 +11,11 @@
 #include <utility>
 #include <vector>
 
+#include "topic_cache.hpp"
+
 namespace a0gw {
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
-
-// Device and inode of a file; zeros when it does not exist.
-struct FileIdentity {
-  uint64_t dev = 0;
-  uint64_t ino = 0;
-  bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
-};
-
-// Identity of the file a topic of protocol template `tmpl` lives in.
-FileIdentity topic_file_identity(const char* tmpl, const std::string& topic);
 
 // A payload that is not valid base64; `offset` is the first bad character.
 struct InvalidBase64 : std::invalid_argument {
@@ -43,26 +34,16 @@ a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool
 // topic's file every time.  Holds at most `capacity` topics.
 class PublisherCache {
  public:
-  explicit PublisherCache(size_t capacity) : capacity_(capacity) {}
-
-  // A cached publisher is reopened when its file was removed or replaced
-  // (the root wiped and re-created), so publishes never go to an unlinked file.
+  explicit PublisherCache(size_t capacity)
+      : publishers_(capacity, [] { return a0::env::topic_tmpl_pubsub(); }) {}
 
   // Publishes with AlephZero's standard headers added, as a0::Publisher does.
   void publish(const std::string& topic, const HeaderList& headers, std::string_view payload,
                bool payload_is_base64);
 
  private:
-  a0::Publisher& get(const std::string& topic);
-
-  struct Entry {
-    a0::Publisher publisher;
-    FileIdentity identity;
-  };
-
-  size_t capacity_;
   std::mutex mu_;
-  std::unordered_map<std::string, Entry> publishers_;
+  TopicCache<a0::Publisher> publishers_;
 };
 
 // Writes one packet to the AlephZero file at `path`, adding the standard

@@ -147,20 +147,6 @@ std::shared_ptr<Stream> open_discovery(std::shared_ptr<Hub> hub, uint64_t id,
   return stream;
 }
 
-a0::RpcClient& RpcClients::get(const std::string& topic) {
-  // Reopened when the topic's file was replaced, as for publishers.
-  const char* tmpl = a0::env::topic_tmpl_rpc();
-  auto it = clients_.find(topic);
-  if (it != clients_.end()) {
-    if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.client;
-    clients_.erase(it);
-  }
-  if (clients_.size() >= capacity_) clients_.erase(clients_.begin());
-  a0::RpcClient client{a0::RpcTopic(topic)};
-  Entry entry{std::move(client), topic_file_identity(tmpl, topic)};
-  return clients_.emplace(topic, std::move(entry)).first->second.client;
-}
-
 std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
                                          const std::string& topic, a0::Packet request,
                                          StreamOptions opts) {
@@ -171,17 +157,19 @@ std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
     std::lock_guard<std::mutex> lk(mu_);
     // The callback owns the stream, so a reply after a cancel finds it closed
     // rather than freed.
-    get(topic).send(request, [stream](a0::Packet reply) { stream->deliver_packet(reply); });
+    a0::RpcClient& client =
+        clients_.get(topic, [](const std::string& t) { return a0::RpcClient(t); });
+    client.send(request, [stream](a0::Packet reply) { stream->deliver_packet(reply); });
   });
   return stream;
 }
 
 void RpcClients::cancel(const std::string& topic, const std::string& request_id) {
   std::lock_guard<std::mutex> lk(mu_);
-  auto it = clients_.find(topic);
-  if (it == clients_.end()) return;
+  a0::RpcClient* client = clients_.find(topic);
+  if (client == nullptr) return;
   try {
-    it->second.client.cancel(request_id);
+    client->cancel(request_id);
   } catch (const std::exception&) {
     // Already answered or already cancelled.
   }

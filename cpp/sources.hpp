@@ -12,8 +12,8 @@
 #include <string>
 #include <unordered_map>
 
-#include "publish.hpp"
 #include "stream.hpp"
+#include "topic_cache.hpp"
 
 namespace a0gw {
 
@@ -49,7 +49,8 @@ std::shared_ptr<Stream> open_discovery(std::shared_ptr<Hub> hub, uint64_t id,
 // one-shot Stream (opts.websocket false: the stream yields the JSON body).
 class RpcClients {
  public:
-  explicit RpcClients(size_t capacity) : capacity_(capacity) {}
+  explicit RpcClients(size_t capacity)
+      : clients_(capacity, [] { return a0::env::topic_tmpl_rpc(); }) {}
 
   // Sends `request`; the reply is delivered to the returned stream.
   std::shared_ptr<Stream> call(std::shared_ptr<Hub> hub, uint64_t id, const std::string& topic,
@@ -58,16 +59,8 @@ class RpcClients {
   void cancel(const std::string& topic, const std::string& request_id);
 
  private:
-  a0::RpcClient& get(const std::string& topic);
-
-  struct Entry {
-    a0::RpcClient client;
-    FileIdentity identity;
-  };
-
-  size_t capacity_;
   std::mutex mu_;
-  std::unordered_map<std::string, Entry> clients_;
+  TopicCache<a0::RpcClient> clients_;
 };
 
 }  // namespace a0gw

@@ -1,0 +1,72 @@
+// A bounded map from topic to an open AlephZero object (publisher, RPC client)
+// that notices when the topic's file was removed or replaced (the root wiped
+// and re-created) and reopens the object, so nothing is sent to an unlinked
+// file.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <a0.h>
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace a0gw {
+
+// Device and inode of a file; zeros when it does not exist.
+struct FileIdentity {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
+};
+
+// Identity of the file a topic of protocol template `tmpl` lives in.
+inline FileIdentity topic_file_identity(const char* tmpl, const std::string& topic) {
+  std::string path = std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+// Not thread-safe: callers hold their own lock.
+template <typename T>
+class TopicCache {
+ public:
+  // `tmpl` gives the protocol's file-name template, e.g. a0::env::topic_tmpl_rpc.
+  TopicCache(size_t capacity, const char* (*tmpl)()) : capacity_(capacity), tmpl_(tmpl) {}
+
+  // The object for `topic`, opened with make(topic) when missing or stale.
+  template <typename Make>
+  T& get(const std::string& topic, Make&& make) {
+    const char* tmpl = tmpl_();
+    auto it = entries_.find(topic);
+    if (it != entries_.end()) {
+      if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.object;
+      entries_.erase(it);
+    }
+    if (entries_.size() >= capacity_) entries_.erase(entries_.begin());
+    T object = make(topic);
+    Entry entry{std::move(object), topic_file_identity(tmpl, topic)};
+    return entries_.emplace(topic, std::move(entry)).first->second.object;
+  }
+
+  // The object for `topic` if one is open, else nullptr.
+  T* find(const std::string& topic) {
+    auto it = entries_.find(topic);
+    return it == entries_.end() ? nullptr : &it->second.object;
+  }
+
+ private:
+  struct Entry {
+    T object;
+    FileIdentity identity;
+  };
+
+  size_t capacity_;
+  const char* (*tmpl_)();
+  std::unordered_map<std::string, Entry> entries_;
+};
+
+}  // namespace a0gw
