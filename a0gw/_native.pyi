@@ -94,6 +94,12 @@ class PublisherCache:
         self, topic: str, headers: list[tuple[str, str]], payload: bytes, base64: bool
     ) -> None: ...
 
+class FastPub:
+    def __init__(
+        self, publishers: PublisherCache, max_body_bytes: int, max_header_bytes: int
+    ) -> None: ...
+    def handle(self, data: bytes) -> tuple[int, bytes, int]: ...
+
 def write_file(
     path: str,
     headers: list[tuple[str, str]],

@@ -17,7 +17,7 @@ import h11
 from websockets.datastructures import Headers
 from websockets.http11 import Request as WsRequest
 
-from a0gw import routes
+from a0gw import _native, routes
 from a0gw.errors import (
     ClientError,
     Forbidden,
@@ -67,6 +67,8 @@ class HttpConnection(asyncio.Protocol):
         self.cors: bytes | None = b"*"
         # Fires when the client is too slow to send a request, or idles too long.
         self.timer: asyncio.TimerHandle | None = None
+        # Bytes of a publish the native fast path waits to see whole.
+        self.fast_buffer = bytearray()
 
     # Transport callbacks
 
@@ -90,8 +92,38 @@ class HttpConnection(asyncio.Protocol):
             self.pending.cancel()
 
     def data_received(self, data: bytes) -> None:
+        fast = self.gateway.fast_pub
+        if fast is not None and self._idle():
+            data = self._fast_path(fast, data)
+            if not data:
+                return
         self.h11.receive_data(data)
         self._process()
+
+    def _idle(self) -> bool:
+        return (
+            self.pending is None
+            and self.h11.their_state is h11.IDLE
+            and not self.h11.trailing_data[0]
+        )
+
+    def _fast_path(self, fast: _native.FastPub, data: bytes) -> bytes:
+        """Lets the native path answer publishes; returns what is left for h11."""
+        assert self.transport is not None
+        if self.fast_buffer:
+            self.fast_buffer += data
+            data = bytes(self.fast_buffer)
+            self.fast_buffer.clear()
+        consumed, responses, needed = fast.handle(data)
+        if responses:
+            self.transport.write(responses)
+            self._start_timer()
+        rest = data[consumed:]
+        if needed:
+            # A publish still arriving: wait for the rest of it.
+            self.fast_buffer += rest
+            return b""
+        return rest
 
     def eof_received(self) -> bool | None:
         self.h11.receive_data(b"")

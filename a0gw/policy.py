@@ -57,6 +57,16 @@ class AccessPolicy:
 
     # Public methods
 
+    def permissive(self) -> bool:
+        """Whether this policy allows everything (the default)."""
+        return (
+            self.token is None
+            and "*" in self.origins
+            and not self.read_only
+            and not self.allow
+            and not self.deny
+        )
+
     def authorize(self, headers: Iterable[tuple[bytes, bytes]], target: str) -> None:
         """Checks the bearer token of a request.
 

@@ -38,6 +38,13 @@ class Gateway:
             rpc_timeout=config.rpc_timeout,
             policy=self.policy,
         )
+        # The native publish path, when nothing needs Python to see each request
+        # (no access log, no policy beyond the defaults).
+        self.fast_pub: _native.FastPub | None = None
+        if not config.access_log and self.policy.permissive():
+            self.fast_pub = _native.FastPub(
+                self.bridge.publishers, config.max_body_bytes, config.max_header_bytes
+            )
         # Live connections, so shutdown can close them.
         self.http_connections: set[HttpConnection] = set()
         self.ws_connections: set[WebSocketConnection] = set()

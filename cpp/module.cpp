@@ -9,6 +9,7 @@
 #include <map>
 
 #include "encoding.hpp"
+#include "fast_pub.hpp"
 #include "publish.hpp"
 #include "sources.hpp"
 #include "stream.hpp"
@@ -227,6 +228,24 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("topic"), py::arg("headers"), py::arg("payload"), py::arg("base64"),
           "Publishes one packet on `topic` with AlephZero's standard headers.");
+  py::class_<FastPub>(m, "FastPub", "Native path for POST /api/pub.")
+      .def(py::init<PublisherCache&, size_t, size_t>(), py::keep_alive<1, 2>(),
+           py::arg("publishers"), py::arg("max_body_bytes"), py::arg("max_header_bytes"))
+      .def(
+          "handle",
+          [](FastPub& fast, py::buffer data) {
+            py::buffer_info info = data.request();
+            std::string_view view(static_cast<const char*>(info.ptr),
+                                  static_cast<size_t>(info.size * info.itemsize));
+            FastPubResult result;
+            {
+              py::gil_scoped_release release;
+              result = fast.handle(view);
+            }
+            return py::make_tuple(result.consumed, py::bytes(result.response), result.needed);
+          },
+          "Answers the complete publishes at the start of `data`; returns "
+          "(bytes consumed, responses, bytes still needed for the next one).");
   m.def(
       "write_file",
       [](const std::string& path, const HeaderList& headers, std::string_view payload,

@@ -4,11 +4,14 @@
 // file.
 #pragma once
 
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <a0.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -30,6 +33,30 @@ inline FileIdentity topic_file_identity(const char* tmpl, const std::string& top
   return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
 }
 
+// Whether `path` (which may not exist yet) resolves, through any symbolic
+// links in its existing part, to somewhere under `root`.
+inline bool resolves_under(const std::string& root, std::string path) {
+  char buf[PATH_MAX];
+  if (!::realpath(root.c_str(), buf)) return false;
+  std::string real_root = buf;
+  std::string rest;
+  // Find the deepest part of the path that exists, and resolve it.
+  while (!::realpath(path.c_str(), buf)) {
+    size_t slash = path.find_last_of('/');
+    if (slash == std::string::npos || slash == 0) return false;
+    rest = path.substr(slash) + rest;
+    path.resize(slash);
+  }
+  std::string real = std::string(buf) + rest;
+  if (rest.find("/..") != std::string::npos) return false;
+  return real == real_root || real.compare(0, real_root.size() + 1, real_root + "/") == 0;
+}
+
+// Raised when a topic's file would be outside the AlephZero root.
+struct OutsideRoot : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // Not thread-safe: callers hold their own lock.
 template <typename T>
 class TopicCache {
@@ -47,6 +74,11 @@ class TopicCache {
       entries_.erase(it);
     }
     if (entries_.size() >= capacity_) entries_.erase(entries_.begin());
+    // Checked before the object creates the file, so nothing appears outside.
+    std::string root = a0::env::root();
+    if (!resolves_under(root, root + "/" + a0::topic_path(tmpl, topic))) {
+      throw OutsideRoot("Topic '" + topic + "' is outside the AlephZero root.");
+    }
     T object = make(topic);
     Entry entry{std::move(object), topic_file_identity(tmpl, topic)};
     return entries_.emplace(topic, std::move(entry)).first->second.object;
