@@ -157,7 +157,8 @@ class PendingReply:
 
     def on_stream_ready(self) -> None:
         if not self.future.done():
-            self.future.set_result(self.stream.take())
+            data, close_code, reason = self.stream.take()
+            self.future.set_result((bytes(data), close_code, reason))
 
 
 def _timeout(message: RequestMessage, default: float) -> float:

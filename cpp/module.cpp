@@ -24,9 +24,23 @@ a0::Reader::Options reader_options(int init, int iter) {
                              static_cast<a0::Reader::Iter>(iter));
 }
 
-// Hands a batch to Python as (bytes, close_code, close_reason).  The bytes
-// object is allocated with the GIL and filled without it.
+// One frame handed to Python without a copy: the event loop writes it
+// through a memoryview that keeps this object, and so the string, alive.
+struct OwnedFrame {
+  std::string data;
+  size_t offset;
+};
+
+// Hands a batch to Python as (data, close_code, close_reason).  A single
+// frame goes as it is; several are joined into one bytes object (allocated
+// with the GIL, filled without it) so the socket gets one write.
 py::tuple batch_to_python(Batch batch) {
+  if (batch.frames.size() == 1) {
+    auto frame = std::make_unique<OwnedFrame>(
+        OwnedFrame{std::move(batch.frames[0]), batch.offsets[0]});
+    py::memoryview view(py::cast(std::move(frame)));
+    return py::make_tuple(std::move(view), batch.close_code, std::move(batch.close_reason));
+  }
   PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(batch.total));
   if (!raw) throw py::error_already_set();
   py::bytes data = py::reinterpret_steal<py::bytes>(raw);
@@ -90,6 +104,13 @@ PYBIND11_MODULE(_native, m) {
       "Decodes padded standard base64; raises InvalidBase64.");
 
   // --- Hub and streams --------------------------------------------------------
+  py::class_<OwnedFrame>(m, "OwnedFrame", py::buffer_protocol(), "Bytes of one frame.")
+      .def_buffer([](OwnedFrame& f) {
+        return py::buffer_info(f.data.data() + f.offset, 1,
+                               py::format_descriptor<uint8_t>::format(), 1,
+                               {f.data.size() - f.offset}, {1}, /*readonly=*/true);
+      });
+
   py::class_<Hub, std::shared_ptr<Hub>>(m, "Hub", "Wakes the event loop when streams have frames.")
       .def(py::init<>())
       .def_property_readonly("fd", &Hub::fd)
