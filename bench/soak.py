@@ -125,10 +125,8 @@ class RawWebSocket:
 
 
 def rest_request(sock: socket.socket, method: str, path: str, body: bytes) -> int:
-    sock.sendall(
-        f"{method} {path} HTTP/1.1\r\nHost: soak\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    head = f"{method} {path} HTTP/1.1\r\nHost: soak\r\nContent-Length: {len(body)}"
+    sock.sendall(head.encode() + b"\r\n\r\n" + body)
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
@@ -159,8 +157,15 @@ def run_ws(port: int, cycles: int, publish: object) -> None:
 def run_rest(port: int, requests: int) -> None:
     bodies = [
         ("POST", "/api/pub", {"topic": "soak/rest", "packet": {"payload": "x" * 64}}),
-        ("POST", "/api/pub", {"topic": "soak/rest", "packet": {"payload": "aGk="},
-                              "request_encoding": "base64"}),
+        (
+            "POST",
+            "/api/pub",
+            {
+                "topic": "soak/rest",
+                "packet": {"payload": "aGk="},
+                "request_encoding": "base64",
+            },
+        ),
         ("POST", "/api/write", {"path": "soak/file.a0", "packet": {"payload": "w"}}),
         ("POST", "/api/pub", {"topic": "/", "packet": {"payload": "bad"}}),
         ("POST", "/api/pub", {"packet": {"payload": "no topic"}}),
@@ -240,13 +245,15 @@ def main() -> int:
         if after["rss"] > baseline["rss"] + RSS_MARGIN:
             leaks.append(f"resident memory {baseline['rss']} -> {after['rss']}")
         if after["rss"] > middle["rss"] + RSS_MARGIN // 4:
-            leaks.append(f"resident memory still growing {middle['rss']} -> {after['rss']}")
+            leaks.append(
+                f"resident memory still growing {middle['rss']} -> {after['rss']}"
+            )
         print(
             f"{args.ws_cycles} websocket cycles and {args.rest_requests} REST requests "
             f"in {elapsed:.1f} s; fds {baseline['fds']} -> {after['fds']}, "
             f"threads {baseline['threads']} -> {after['threads']}, "
-            f"RSS {baseline['rss'] / 2**20:.1f} -> {middle['rss'] / 2**20:.1f} (half way) "
-            f"-> {after['rss'] / 2**20:.1f} MiB"
+            f"RSS {baseline['rss'] / 2**20:.1f} -> {middle['rss'] / 2**20:.1f} "
+            f"(half way) -> {after['rss'] / 2**20:.1f} MiB"
         )
         if leaks:
             print("LEAK: " + "; ".join(leaks))
