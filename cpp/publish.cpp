@@ -36,6 +36,7 @@ void write_file(const std::string& path, const HeaderList& headers, std::string_
   std::string decoded;
   a0::Packet pkt = make_packet(headers, payload, payload_is_base64, decoded);
   try {
+    check_alephzero_file(path);
     a0::Writer writer{a0::File(path)};
     if (standard_headers) writer.push(a0::add_standard_headers());
     writer.write(pkt);

@@ -18,6 +18,11 @@ auto rethrow_as_alephzero_error(Fn&& fn) -> decltype(fn()) {
   }
 }
 
+// Refuses a topic whose existing file AlephZero would misread.
+void check_topic_file(const char* tmpl, const std::string& topic) {
+  check_alephzero_file(std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic));
+}
+
 // A reader and the file it maps; members are destroyed reader first.
 struct FileReader {
   a0::File file;
@@ -32,6 +37,7 @@ std::shared_ptr<Stream> open_subscriber(std::shared_ptr<Hub> hub, uint64_t id,
   auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
   Stream* raw = stream.get();  // The stream closes its source before it dies.
   auto source = rethrow_as_alephzero_error([&] {
+    check_topic_file(a0::env::topic_tmpl_pubsub(), topic);
     return std::make_shared<a0::Subscriber>(
         a0::PubSubTopic(topic), reader_opts, [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
   });
@@ -44,6 +50,7 @@ std::shared_ptr<Stream> open_reader(std::shared_ptr<Hub> hub, uint64_t id, const
   auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
   Stream* raw = stream.get();
   auto source = rethrow_as_alephzero_error([&] {
+    check_alephzero_file(path);
     auto source = std::make_shared<FileReader>();
     source->file = a0::File(path);
     source->reader = a0::Reader(source->file, reader_opts,
@@ -64,6 +71,7 @@ std::shared_ptr<Stream> open_log_listener(std::shared_ptr<Hub> hub, uint64_t id,
   auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
   Stream* raw = stream.get();
   auto source = rethrow_as_alephzero_error([&] {
+    check_topic_file(a0::env::topic_tmpl_log(), topic);
     return std::make_shared<a0::LogListener>(a0::LogTopic(topic), level, reader_opts,
                                              [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
   });
@@ -94,6 +102,7 @@ std::shared_ptr<Stream> open_prpc(std::shared_ptr<Hub> hub, uint64_t id, const s
   auto stream = std::make_shared<Stream>(std::move(hub), id, opts);
   Stream* raw = stream.get();
   auto session = rethrow_as_alephzero_error([&] {
+    check_topic_file(a0::env::topic_tmpl_prpc(), topic);
     auto session = std::make_shared<PrpcSession>();
     session->client = a0::PrpcClient(a0::PrpcTopic(topic));
     session->connection_id = std::string(request.id());

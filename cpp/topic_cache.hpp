@@ -4,13 +4,17 @@
 // file.
 #pragma once
 
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <a0.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -57,6 +61,36 @@ struct OutsideRoot : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Raised for a file AlephZero would misread: it trusts the header of any
+// file it maps, and a truncated or foreign one can crash it.
+struct NotAlephZeroFile : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Bytes of the transport header AlephZero writes at the start of a file.
+constexpr size_t kTransportHeaderSize = 144;
+
+// Checks that an existing file at `path` looks like an AlephZero file: long
+// enough for the transport header, which is either still all zeros (a new
+// file AlephZero will initialize) or starts with AlephZero's magic.
+inline void check_alephzero_file(const std::string& path) {
+  static constexpr char kMagic[] = "ALEPHZERO";  // With its NUL: 10 bytes.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // Missing: AlephZero creates it.
+  char head[16] = {};
+  struct stat st;
+  bool ok = ::fstat(fd, &st) == 0;
+  ssize_t n = ok ? ::pread(fd, head, sizeof(head), 0) : -1;
+  ::close(fd);
+  if (!ok || !S_ISREG(st.st_mode)) return;  // AlephZero reports these itself.
+  bool zeros = n == ssize_t(sizeof(head)) &&
+               std::all_of(head, head + sizeof(head), [](char c) { return c == 0; });
+  bool magic = n == ssize_t(sizeof(head)) && std::memcmp(head, kMagic, sizeof(kMagic)) == 0;
+  if (size_t(st.st_size) < kTransportHeaderSize || !(zeros || magic)) {
+    throw NotAlephZeroFile("Not an AlephZero file (bad or truncated header): " + path);
+  }
+}
+
 // Not thread-safe: callers hold their own lock.
 template <typename T>
 class TopicCache {
@@ -76,9 +110,11 @@ class TopicCache {
     if (entries_.size() >= capacity_) entries_.erase(entries_.begin());
     // Checked before the object creates the file, so nothing appears outside.
     std::string root = a0::env::root();
-    if (!resolves_under(root, root + "/" + a0::topic_path(tmpl, topic))) {
+    std::string path = root + "/" + a0::topic_path(tmpl, topic);
+    if (!resolves_under(root, path)) {
       throw OutsideRoot("Topic '" + topic + "' is outside the AlephZero root.");
     }
+    check_alephzero_file(path);
     T object = make(topic);
     Entry entry{std::move(object), topic_file_identity(tmpl, topic)};
     return entries_.emplace(topic, std::move(entry)).first->second.object;
