@@ -43,7 +43,7 @@ def start_gateway(
 ) -> Iterator[Callable[..., Gateway]]:
     """Starts gateways on `root`; each must exit 0 on SIGTERM at teardown.
 
-    A gateway the test already stopped is not signalled again.  Pass
+    A gateway the test already signalled is only waited for.  Pass
     ready=False to skip waiting for the deadman.
     """
     gateways: list[Gateway] = []
@@ -60,10 +60,10 @@ def start_gateway(
 
     try:
         for gateway in gateways:
-            if gateway.proc.poll() is None:
+            if gateway.proc.poll() is None or gateway.signalled:
                 status = gateway.stop(signal.SIGTERM)
                 assert status == 0, (
-                    f"gateway exited with {status} on SIGTERM:\n{gateway.stderr_text()}"
+                    f"gateway exited with {status} on signal:\n{gateway.stderr_text()}"
                 )
     finally:
         for gateway in gateways:

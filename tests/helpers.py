@@ -77,6 +77,7 @@ class Gateway:
         self.root = root
         self.port = port if port is not None else free_port()
         self.topic = topic
+        self.signalled = False
         cmd = [sys.executable, "-m", "a0gw", "serve"]
         if use_port_option:
             cmd += ["--port", str(self.port)]
@@ -108,6 +109,8 @@ class Gateway:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     def stderr_text(self) -> str:
+        if self._stderr.closed:
+            return self._final_stderr
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
@@ -131,16 +134,25 @@ class Gateway:
             self.proc.wait()
             pytest.fail(f"gateway did not exit within {timeout} s:\n" + self.stderr_text())
 
+    def send_signal(self, sig: int) -> None:
+        """Sends `sig`; the fixture then only waits for the exit, expecting 0.
+
+        A second signal would hit a gateway already shutting down.
+        """
+        self.signalled = True
+        self.proc.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
-        """Sends `sig` (if still running) and returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Sends `sig` (unless already signalled) and returns the exit status."""
+        if self.proc.poll() is None and not self.signalled:
+            self.send_signal(sig)
         return self.wait_exit(timeout)
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._final_stderr = self.stderr_text()
         self._stderr.close()
         self._cwd.cleanup()
 
