@@ -6,11 +6,11 @@ import os
 import shutil
 import signal
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import httpx
 import pytest
-
 from helpers import Gateway
 
 

@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import a0
 import pytest
@@ -43,7 +44,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
+def wait_until(
+    predicate: Any, timeout: float = TIMEOUT, what: str = "condition"
+) -> None:
     """Polls `predicate` until it is true; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -91,7 +94,7 @@ class Gateway:
         full_env.update(env or {})
         # Not the repo root: its a0gw/ folder would shadow the installed package.
         self._cwd = tempfile.TemporaryDirectory(prefix="a0gw-cwd-")
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in cleanup)
         self.proc = subprocess.Popen(
             cmd,
             cwd=self._cwd.name,
@@ -132,7 +135,9 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            pytest.fail(f"gateway did not exit within {timeout} s:\n" + self.stderr_text())
+            pytest.fail(
+                f"gateway did not exit within {timeout} s:\n" + self.stderr_text()
+            )
 
     def send_signal(self, sig: int) -> None:
         """Sends `sig`; the fixture then only waits for the exit, expecting 0.
@@ -161,10 +166,16 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def ws_connect(gateway: Gateway, path: str, **kwargs: Any) -> Iterator[ClientConnection]:
+def ws_connect(
+    gateway: Gateway, path: str, **kwargs: Any
+) -> Iterator[ClientConnection]:
     kwargs.setdefault("max_size", None)
     with connect(
-        gateway.ws_url(path), proxy=None, compression=None, open_timeout=TIMEOUT, **kwargs
+        gateway.ws_url(path),
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        **kwargs,
     ) as ws:
         yield ws
 
@@ -187,7 +198,9 @@ def recv_packet(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any
     return packet
 
 
-def recv_packets(ws: ClientConnection, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+def recv_packets(
+    ws: ClientConnection, count: int, timeout: float = TIMEOUT
+) -> list[dict[str, Any]]:
     return [recv_packet(ws, timeout) for _ in range(count)]
 
 

@@ -9,7 +9,6 @@ from typing import Callable
 import a0
 import httpx
 import pytest
-
 from helpers import (
     TIMEOUT,
     Gateway,
@@ -39,7 +38,9 @@ def test_cli_takes_deadman_once_listening(start_gateway: StartGateway) -> None:
     assert get_ls(gateway).status_code == 200
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
+)
 def test_cli_signal_closes_websockets_releases_deadman_exits_0(
     start_gateway: StartGateway, sig: int
 ) -> None:
@@ -90,12 +91,16 @@ def test_cli_port_in_use_fails_with_message(start_gateway: StartGateway) -> None
 
 def test_cli_port_from_port_str(start_gateway: StartGateway) -> None:
     port = free_port()
-    gateway = start_gateway(port=port, use_port_option=False, env={"PORT_STR": str(port)})
+    gateway = start_gateway(
+        port=port, use_port_option=False, env={"PORT_STR": str(port)}
+    )
     assert get_ls(gateway).status_code == 200
 
 
 def test_cli_invalid_port_str_fails_with_message(start_gateway: StartGateway) -> None:
-    gateway = start_gateway(use_port_option=False, env={"PORT_STR": "http"}, ready=False)
+    gateway = start_gateway(
+        use_port_option=False, env={"PORT_STR": "http"}, ready=False
+    )
     assert gateway.wait_exit(timeout=30) != 0
     assert "PORT_STR" in gateway.stderr_text()
 

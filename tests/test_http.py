@@ -7,17 +7,23 @@ import socket
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
-
 from helpers import TIMEOUT, Gateway, assert_nothing_written, read_topic, ws_connect
+from websockets.exceptions import InvalidStatus
 
 MIB = 1024 * 1024
 PUB_BODY = {"topic": "t", "packet": {"payload": "x"}}
 
 
 def test_http_unknown_path_is_404(http: httpx.Client, root: str) -> None:
-    for method, path in [("GET", "/"), ("GET", "/api"), ("POST", "/api/publish"), ("GET", "/nope")]:
-        response = http.request(method, path, json=PUB_BODY if method == "POST" else None)
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/api"),
+        ("POST", "/api/publish"),
+        ("GET", "/nope"),
+    ]:
+        response = http.request(
+            method, path, json=PUB_BODY if method == "POST" else None
+        )
         assert response.status_code == 404, (method, path)
         assert response.headers["access-control-allow-origin"] == "*"
     assert_nothing_written(root)
@@ -47,7 +53,9 @@ def test_http_wrong_method_is_405_with_allow(
 
 
 @pytest.mark.parametrize("path", ["/api/pub", "/api/write", "/api/ls"])
-def test_http_options_preflight_is_204(http: httpx.Client, root: str, path: str) -> None:
+def test_http_options_preflight_is_204(
+    http: httpx.Client, root: str, path: str
+) -> None:
     response = http.options(
         path,
         headers={
@@ -59,7 +67,9 @@ def test_http_options_preflight_is_204(http: httpx.Client, root: str, path: str)
     assert response.status_code == 204
     assert response.content == b""
     assert response.headers["access-control-allow-origin"] == "*"
-    methods = [m.strip() for m in response.headers["access-control-allow-methods"].split(",")]
+    methods = [
+        m.strip() for m in response.headers["access-control-allow-methods"].split(",")
+    ]
     assert "POST" in methods and "GET" in methods
     allowed_headers = response.headers["access-control-allow-headers"].lower()
     assert "content-type" in [h.strip() for h in allowed_headers.split(",")]
@@ -98,7 +108,9 @@ def test_http_body_of_exactly_16_mib_is_accepted(http: httpx.Client) -> None:
     assert [p.payload for p in read_topic("t")] == [b"x"]
 
 
-def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
+def read_response(
+    sock: socket.socket, buffer: bytearray
+) -> tuple[int, dict[str, str], bytes]:
     """Reads one HTTP response with a Content-Length from `sock`."""
     while b"\r\n\r\n" not in buffer:
         chunk = sock.recv(65536)
@@ -121,7 +133,10 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str
 
 
 def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -138,7 +153,7 @@ def test_http_keep_alive_serves_several_requests(gateway: Gateway) -> None:
         sock.sendall(request_bytes("GET", "/nope"))
         assert read_response(sock, buffer)[0] == 404
         sock.sendall(request_bytes("GET", "/api/ls"))
-        status, headers, body = read_response(sock, buffer)
+        status, _, body = read_response(sock, buffer)
         assert status == 200
         assert json.loads(body) == ["t.pubsub.a0"]
     assert [p.payload for p in read_topic("t")] == [b"p0", b"p1", b"p2"]
@@ -146,7 +161,11 @@ def test_http_keep_alive_serves_several_requests(gateway: Gateway) -> None:
 
 def test_http_pipelined_requests_answered_in_order(gateway: Gateway) -> None:
     data = b"".join(
-        request_bytes("POST", "/api/pub", json.dumps({"topic": "t", "packet": {"payload": p}}).encode())
+        request_bytes(
+            "POST",
+            "/api/pub",
+            json.dumps({"topic": "t", "packet": {"payload": p}}).encode(),
+        )
         for p in ("a", "b")
     )
     data += request_bytes("POST", "/api/pub", b"[]")
@@ -161,7 +180,6 @@ def test_http_pipelined_requests_answered_in_order(gateway: Gateway) -> None:
 
 
 def test_http_websocket_upgrade_on_unknown_path_is_404(gateway: Gateway) -> None:
-    with pytest.raises(InvalidStatus) as info:
-        with ws_connect(gateway, "/wsapi/nope"):
-            pass
+    with pytest.raises(InvalidStatus) as info, ws_connect(gateway, "/wsapi/nope"):
+        pass
     assert info.value.response.status_code == 404

@@ -32,8 +32,12 @@ def test_ls_lists_files_of_a0_peers_sorted(http: httpx.Client, root: str) -> Non
 
 
 def test_ls_lists_files_made_through_the_gateway(http: httpx.Client) -> None:
-    assert http.post("/api/pub", json={"topic": "t/u", "packet": {"payload": "x"}}).is_success
-    assert http.post("/api/write", json={"path": "w.a0", "packet": {"payload": "x"}}).is_success
+    assert http.post(
+        "/api/pub", json={"topic": "t/u", "packet": {"payload": "x"}}
+    ).is_success
+    assert http.post(
+        "/api/write", json={"path": "w.a0", "packet": {"payload": "x"}}
+    ).is_success
     assert http.get("/api/ls").json() == ["t/u.pubsub.a0", "w.a0"]
 
 

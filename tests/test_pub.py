@@ -8,7 +8,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from helpers import (
     STANDARD_HEADERS,
     assert_nothing_written,
@@ -32,7 +31,9 @@ def test_pub_replies_success_and_publishes_payload(http: httpx.Client) -> None:
 
 def test_pub_adds_standard_headers_and_user_headers(http: httpx.Client) -> None:
     headers = [["aaa", "1"], ["bbb", "two"], ["aaa", "3"]]
-    response = pub(http, {"topic": "foo", "packet": {"headers": headers, "payload": "x"}})
+    response = pub(
+        http, {"topic": "foo", "packet": {"headers": headers, "payload": "x"}}
+    )
     assert response.status_code == 200
     (packet,) = read_topic("foo")
     keys = Counter(k for k, _ in packet.headers)
@@ -50,20 +51,31 @@ def test_pub_without_headers_has_only_standard_headers(http: httpx.Client) -> No
 
 
 def test_pub_topic_lives_in_pubsub_file(http: httpx.Client, root: str) -> None:
-    assert pub(http, {"topic": "aaa/bbb", "packet": {"payload": "x"}}).status_code == 200
+    assert (
+        pub(http, {"topic": "aaa/bbb", "packet": {"payload": "x"}}).status_code == 200
+    )
     assert os.path.isfile(os.path.join(root, "aaa", "bbb.pubsub.a0"))
 
 
 def test_pub_transport_seq_counts_up(http: httpx.Client) -> None:
     for i in range(5):
-        assert pub(http, {"topic": "foo", "packet": {"payload": str(i)}}).status_code == 200
+        assert (
+            pub(http, {"topic": "foo", "packet": {"payload": str(i)}}).status_code
+            == 200
+        )
     packets = read_topic("foo")
     assert [p.payload for p in packets] == [b"0", b"1", b"2", b"3", b"4"]
-    assert [dict(p.headers)["a0_transport_seq"] for p in packets] == ["0", "1", "2", "3", "4"]
+    assert [dict(p.headers)["a0_transport_seq"] for p in packets] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
 
 
 def test_pub_payload_is_utf8_of_the_text(http: httpx.Client) -> None:
-    text = "h\u00e9llo \u2603 \U0001f600 \"quoted\" \\ \n\t\u0000end"
+    text = 'h\u00e9llo \u2603 \U0001f600 "quoted" \\ \n\t\u0000end'
     assert pub(http, {"topic": "foo", "packet": {"payload": text}}).status_code == 200
     (packet,) = read_topic("foo")
     assert packet.payload == text.encode()
@@ -76,7 +88,11 @@ def test_pub_empty_payload(http: httpx.Client) -> None:
 
 
 def test_pub_request_encoding_none_publishes_text_as_is(http: httpx.Client) -> None:
-    body = {"topic": "foo", "packet": {"payload": "aGVsbG8="}, "request_encoding": "none"}
+    body = {
+        "topic": "foo",
+        "packet": {"payload": "aGVsbG8="},
+        "request_encoding": "none",
+    }
     assert pub(http, body).status_code == 200
     (packet,) = read_topic("foo")
     assert packet.payload == b"aGVsbG8="
@@ -84,7 +100,11 @@ def test_pub_request_encoding_none_publishes_text_as_is(http: httpx.Client) -> N
 
 def test_pub_request_encoding_base64_publishes_random_bytes(http: httpx.Client) -> None:
     data = os.urandom(4096) + bytes(range(256))
-    body = {"topic": "foo", "packet": {"payload": b64(data)}, "request_encoding": "base64"}
+    body = {
+        "topic": "foo",
+        "packet": {"payload": b64(data)},
+        "request_encoding": "base64",
+    }
     response = pub(http, body)
     assert response.status_code == 200, response.text
     (packet,) = read_topic("foo")
@@ -179,7 +199,9 @@ def test_pub_rejects_bad_request(
 def test_pub_rejects_payload_of_wrong_type(http: httpx.Client, root: str) -> None:
     response = pub(http, {"topic": "foo", "packet": {"payload": 5}})
     assert response.status_code == 400
-    assert response.text.startswith("Request field has incorrect format. field: /packet/payload")
+    assert response.text.startswith(
+        "Request field has incorrect format. field: /packet/payload"
+    )
     assert_nothing_written(root)
 
 
@@ -192,8 +214,14 @@ def test_pub_rejects_payload_of_wrong_type(http: httpx.Client, root: str) -> Non
         pytest.param("h\u00e9llo===", id="non-ascii"),
     ],
 )
-def test_pub_rejects_invalid_base64(http: httpx.Client, root: str, payload: str) -> None:
-    body = {"topic": "foo", "packet": {"payload": payload}, "request_encoding": "base64"}
+def test_pub_rejects_invalid_base64(
+    http: httpx.Client, root: str, payload: str
+) -> None:
+    body = {
+        "topic": "foo",
+        "packet": {"payload": payload},
+        "request_encoding": "base64",
+    }
     response = pub(http, body)
     assert response.status_code == 400
     assert response.text.startswith(
@@ -217,8 +245,12 @@ def test_pub_rejects_invalid_base64(http: httpx.Client, root: str, payload: str)
         pytest.param([["a", "b"], {"k": "v"}], id="object-entry"),
     ],
 )
-def test_pub_rejects_malformed_headers(http: httpx.Client, root: str, headers: object) -> None:
-    response = pub(http, {"topic": "foo", "packet": {"headers": headers, "payload": "x"}})
+def test_pub_rejects_malformed_headers(
+    http: httpx.Client, root: str, headers: object
+) -> None:
+    response = pub(
+        http, {"topic": "foo", "packet": {"headers": headers, "payload": "x"}}
+    )
     assert response.status_code == 400
     assert "/packet/headers" in response.text
     assert_nothing_written(root)

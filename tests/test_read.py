@@ -12,7 +12,6 @@ from typing import Any
 import a0
 import httpx
 import pytest
-
 from helpers import (
     Gateway,
     assert_no_message,
@@ -26,7 +25,9 @@ from helpers import (
 )
 
 
-def write(path: str, count: int, prefix: str = "p", standard_headers: bool = True) -> None:
+def write(
+    path: str, count: int, prefix: str = "p", standard_headers: bool = True
+) -> None:
     writer = a0.Writer(a0.File(path))
     if standard_headers:
         writer.push(a0.add_standard_headers())
@@ -176,7 +177,9 @@ HANDSHAKE_ERRORS = [
     pytest.param("not json", "Request must be json.", id="not-json"),
     pytest.param("[]", "Request must be a json object.", id="array"),
     pytest.param("{}", "Request missing required field: path", id="missing-path"),
-    pytest.param({"topic": "t"}, "Request missing required field: path", id="topic-not-path"),
+    pytest.param(
+        {"topic": "t"}, "Request missing required field: path", id="topic-not-path"
+    ),
     pytest.param(
         {"path": "f.a0", "init": "NEWEST"},
         "Request has unknown value for field: init  value: NEWEST",
@@ -208,7 +211,9 @@ HANDSHAKE_ERRORS = [
 
 
 @pytest.mark.parametrize("message, reason", HANDSHAKE_ERRORS)
-def test_read_bad_handshake_closes_4000(gateway: Gateway, message: object, reason: str) -> None:
+def test_read_bad_handshake_closes_4000(
+    gateway: Gateway, message: object, reason: str
+) -> None:
     with ws_connect(gateway, "/wsapi/read") as ws:
         ws.send(message if isinstance(message, str) else json.dumps(message))
         expect_close(ws, 4000, reason)

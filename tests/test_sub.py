@@ -7,14 +7,13 @@ import json
 import os
 import re
 import socket
-import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import a0
 import httpx
 import pytest
-
 from helpers import (
     STANDARD_HEADERS,
     TIMEOUT,
@@ -60,18 +59,20 @@ def test_sub_packet_has_headers_and_payload(gateway: Gateway) -> None:
         packet = recv_packet(ws)
     assert packet["payload"] == "hello"
     assert Counter(k for k, _ in packet["headers"]) >= Counter(STANDARD_HEADERS)
-    assert user_headers(packet["headers"]) == Counter([("k", "v"), ("k", "w"), ("x", "")])
+    assert user_headers(packet["headers"]) == Counter(
+        [("k", "v"), ("k", "w"), ("x", "")]
+    )
     assert seq(packet) == 0
 
 
 def test_sub_payload_text_round_trips_json_escapes(gateway: Gateway) -> None:
-    text = "q\"uote \\ slash / \n\r\t\b\f \u0000\u001f\u007f h\u00e9 \u2603 \U0001f600"
-    a0.Publisher("t").pub(a0.Packet([("h\u00e9ader", "va\"l\\ue\n")], text.encode()))
+    text = 'q"uote \\ slash / \n\r\t\b\f \u0000\u001f\u007f h\u00e9 \u2603 \U0001f600'
+    a0.Publisher("t").pub(a0.Packet([("h\u00e9ader", 'va"l\\ue\n')], text.encode()))
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST", response_encoding="none")
         packet = recv_packet(ws)
     assert packet["payload"] == text
-    assert header(packet, "h\u00e9ader") == "va\"l\\ue\n"
+    assert header(packet, "h\u00e9ader") == 'va"l\\ue\n'
 
 
 def test_sub_response_encoding_base64_delivers_random_bytes(gateway: Gateway) -> None:
@@ -129,7 +130,11 @@ def test_sub_rest_pub_base64_random_bytes_reach_ws(
     gateway: Gateway, http: httpx.Client
 ) -> None:
     data = os.urandom(777)
-    body = {"topic": "t", "packet": {"payload": b64(data)}, "request_encoding": "base64"}
+    body = {
+        "topic": "t",
+        "packet": {"payload": b64(data)},
+        "request_encoding": "base64",
+    }
     assert http.post("/api/pub", json=body).status_code == 200
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST", response_encoding="base64")
@@ -219,7 +224,9 @@ def test_sub_integer_init_ahead_waits_for_that_seq(gateway: Gateway) -> None:
         assert payloads(packets) == ["r0", "r1"]
 
 
-def test_sub_reconnect_with_last_seq_plus_one_has_no_duplicates(gateway: Gateway) -> None:
+def test_sub_reconnect_with_last_seq_plus_one_has_no_duplicates(
+    gateway: Gateway,
+) -> None:
     publish(3, prefix="a")
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST")
@@ -365,7 +372,9 @@ def drain(ws: Any, publish_final: Callable[[], None]) -> list[dict[str, Any]]:
             return packets
 
 
-def test_sub_on_drain_holds_reader_and_drops_nothing(start_gateway: Callable[..., Gateway]) -> None:
+def test_sub_on_drain_holds_reader_and_drops_nothing(
+    start_gateway: Callable[..., Gateway],
+) -> None:
     gateway = start_gateway()
     make_topic("t", 64 * 1024 * 1024)
     sock = small_window_socket(gateway.port)
@@ -374,11 +383,15 @@ def test_sub_on_drain_holds_reader_and_drops_nothing(start_gateway: Callable[...
         flood("t", FLOOD)
         packets = drain(ws, lambda: a0.Publisher("t").pub("final"))
     assert [seq(p) for p in packets] == list(range(FLOOD + 1))
-    assert [p["payload"][:8] for p in packets[:-1]] == [f"{i:08d}" for i in range(FLOOD)]
+    assert [p["payload"][:8] for p in packets[:-1]] == [
+        f"{i:08d}" for i in range(FLOOD)
+    ]
     assert not any(k == "a0gw_dropped" for p in packets for k, _ in p["headers"])
 
 
-def test_sub_immediate_drops_and_counts_overflow(start_gateway: Callable[..., Gateway]) -> None:
+def test_sub_immediate_drops_and_counts_overflow(
+    start_gateway: Callable[..., Gateway],
+) -> None:
     gateway = start_gateway(args=["--queue-limit", str(128 * 1024)])
     make_topic("t", 64 * 1024 * 1024)
     sock = small_window_socket(gateway.port)
@@ -455,36 +468,29 @@ def test_sub_interleaved_publishers_in_transport_seq_order(
     assert len(writers) == 4
 
 
-def test_sub_concurrent_publishers_all_delivered(gateway: Gateway, http: httpx.Client) -> None:
+def test_sub_concurrent_publishers_all_delivered(
+    gateway: Gateway, http: httpx.Client
+) -> None:
     per_source = 25
-    errors: list[BaseException] = []
 
     def a0_source(name: str) -> None:
-        try:
-            pub = a0.Publisher("t")
-            for i in range(per_source):
-                pub.pub(f"{name}-{i}")
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        pub = a0.Publisher("t")
+        for i in range(per_source):
+            pub.pub(f"{name}-{i}")
 
     def rest_source() -> None:
-        try:
-            with httpx.Client(base_url=gateway.url, trust_env=False) as client:
-                for i in range(per_source):
-                    body = {"topic": "t", "packet": {"payload": f"rest-{i}"}}
-                    assert client.post("/api/pub", json=body).status_code == 200
-        except BaseException as exc:
-            errors.append(exc)
+        with httpx.Client(base_url=gateway.url, trust_env=False) as client:
+            for i in range(per_source):
+                body = {"topic": "t", "packet": {"payload": f"rest-{i}"}}
+                assert client.post("/api/pub", json=body).status_code == 200
 
-    threads = [threading.Thread(target=a0_source, args=(f"a0{n}",)) for n in range(3)]
-    threads.append(threading.Thread(target=rest_source))
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST")
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(a0_source, f"a0{n}") for n in range(3)]
+            futures.append(pool.submit(rest_source))
+            for future in futures:
+                future.result()  # Re-raises what failed in the thread.
         packets = recv_packets(ws, 4 * per_source)
         assert_no_message(ws)
     assert [seq(p) for p in packets] == list(range(4 * per_source))
@@ -492,12 +498,17 @@ def test_sub_concurrent_publishers_all_delivered(gateway: Gateway, http: httpx.C
     for p in packets:
         name, index = p["payload"].rsplit("-", 1)
         by_source.setdefault(name, []).append(int(index))
-    assert by_source == {name: list(range(per_source)) for name in ("a00", "a01", "a02", "rest")}
+    assert by_source == {
+        name: list(range(per_source)) for name in ("a00", "a01", "a02", "rest")
+    }
 
 
 def test_sub_two_subscribers_get_same_packets(gateway: Gateway) -> None:
     publish(5)
-    with ws_connect(gateway, "/wsapi/sub") as ws1, ws_connect(gateway, "/wsapi/sub") as ws2:
+    with (
+        ws_connect(gateway, "/wsapi/sub") as ws1,
+        ws_connect(gateway, "/wsapi/sub") as ws2,
+    ):
         handshake(ws1, topic="t", init="OLDEST")
         handshake(ws2, topic="t", init="OLDEST", scheduler="ON_ACK")
         assert payloads(recv_packets(ws1, 5)) == [f"p{i}" for i in range(5)]
@@ -515,7 +526,9 @@ HANDSHAKE_ERRORS = [
     pytest.param("null", "Request must be a json object.", id="null"),
     pytest.param("{}", "Request missing required field: topic", id="missing-topic"),
     pytest.param(
-        {"path": "t.pubsub.a0"}, "Request missing required field: topic", id="path-not-topic"
+        {"path": "t.pubsub.a0"},
+        "Request missing required field: topic",
+        id="path-not-topic",
     ),
     pytest.param(
         {"topic": "t", "init": "FOO"},
@@ -548,13 +561,17 @@ HANDSHAKE_ERRORS = [
 
 
 @pytest.mark.parametrize("message, reason", HANDSHAKE_ERRORS)
-def test_sub_bad_handshake_closes_4000(gateway: Gateway, message: object, reason: str) -> None:
+def test_sub_bad_handshake_closes_4000(
+    gateway: Gateway, message: object, reason: str
+) -> None:
     with ws_connect(gateway, "/wsapi/sub") as ws:
         ws.send(message if isinstance(message, str) else json.dumps(message))
         expect_close(ws, 4000, reason)
 
 
-@pytest.mark.parametrize("init", [-1, 1.5, True, [3]], ids=["negative", "float", "bool", "list"])
+@pytest.mark.parametrize(
+    "init", [-1, 1.5, True, [3]], ids=["negative", "float", "bool", "list"]
+)
 def test_sub_bad_init_value_closes_4000(gateway: Gateway, init: object) -> None:
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init=init)
@@ -572,7 +589,10 @@ def test_sub_second_handshake_closes_4000(gateway: Gateway) -> None:
 
 
 def test_sub_bad_handshake_leaves_other_streams_alone(gateway: Gateway) -> None:
-    with ws_connect(gateway, "/wsapi/sub") as good, ws_connect(gateway, "/wsapi/sub") as bad:
+    with (
+        ws_connect(gateway, "/wsapi/sub") as good,
+        ws_connect(gateway, "/wsapi/sub") as bad,
+    ):
         handshake(good, topic="t", init="OLDEST")
         bad.send("nope")
         expect_close(bad, 4000, "Request must be json.")

@@ -8,7 +8,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from helpers import (
     STANDARD_HEADERS,
     assert_nothing_written,
@@ -37,7 +36,9 @@ def test_write_has_only_user_headers_by_default(http: httpx.Client) -> None:
     body = {"path": "f.a0", "packet": {"headers": headers, "payload": "x"}}
     assert write(http, body).status_code == 200
     (packet,) = read_file("f.a0")
-    assert Counter(packet.headers) == Counter([("aaa", "1"), ("bbb", "2"), ("aaa", "3")])
+    assert Counter(packet.headers) == Counter(
+        [("aaa", "1"), ("bbb", "2"), ("aaa", "3")]
+    )
 
 
 def test_write_without_headers_has_no_headers(http: httpx.Client) -> None:
@@ -80,7 +81,11 @@ def test_write_appends_in_order(http: httpx.Client) -> None:
 
 def test_write_base64_random_bytes(http: httpx.Client) -> None:
     data = os.urandom(3000)
-    body = {"path": "f.a0", "packet": {"payload": b64(data)}, "request_encoding": "base64"}
+    body = {
+        "path": "f.a0",
+        "packet": {"payload": b64(data)},
+        "request_encoding": "base64",
+    }
     assert write(http, body).status_code == 200
     (packet,) = read_file("f.a0")
     assert packet.payload == data
@@ -94,7 +99,11 @@ def test_write_request_encoding_none_writes_text_as_is(http: httpx.Client) -> No
 
 
 def test_write_to_pubsub_file_reaches_subscribers(http: httpx.Client) -> None:
-    body = {"path": "topic.pubsub.a0", "packet": {"payload": "x"}, "standard_headers": True}
+    body = {
+        "path": "topic.pubsub.a0",
+        "packet": {"payload": "x"},
+        "standard_headers": True,
+    }
     assert write(http, body).status_code == 200
     assert [p.payload for p in read_topic("topic")] == [b"x"]
 
@@ -107,7 +116,9 @@ ERRORS = [
     pytest.param(b"not json", "Request must be json.", id="not-json"),
     pytest.param(b"", "Request must be json.", id="empty-body"),
     pytest.param(b'["f.a0"]', "Request must be a json object.", id="array"),
-    pytest.param({"packet": PACKET}, "Request missing required field: path", id="missing-path"),
+    pytest.param(
+        {"packet": PACKET}, "Request missing required field: path", id="missing-path"
+    ),
     pytest.param(
         {"topic": "f", "packet": PACKET},
         "Request missing required field: path",
@@ -132,8 +143,8 @@ ERRORS = [
     ),
     pytest.param(
         {"path": "f.a0", "packet": PACKET, "standard_headers": "yes"},
-        "Request field has incorrect format. field: standard_headers  error: type must be"
-        " boolean, but is string",
+        "Request field has incorrect format. field: standard_headers"
+        "  error: type must be boolean, but is string",
         id="standard-headers-string",
     ),
 ]
@@ -169,8 +180,12 @@ def test_write_rejects_invalid_base64(http: httpx.Client, root: str) -> None:
         pytest.param([["k", 1]], id="number-value"),
     ],
 )
-def test_write_rejects_malformed_headers(http: httpx.Client, root: str, headers: object) -> None:
-    response = write(http, {"path": "f.a0", "packet": {"headers": headers, "payload": "x"}})
+def test_write_rejects_malformed_headers(
+    http: httpx.Client, root: str, headers: object
+) -> None:
+    response = write(
+        http, {"path": "f.a0", "packet": {"headers": headers, "payload": "x"}}
+    )
     assert response.status_code == 400
     assert "/packet/headers" in response.text
     assert_nothing_written(root)
