@@ -97,6 +97,11 @@ def test_cli_port_from_port_str(start_gateway: StartGateway) -> None:
     assert get_ls(gateway).status_code == 200
 
 
+def test_cli_host_option(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(args=["--host", "127.0.0.1"])
+    assert get_ls(gateway).status_code == 200
+
+
 def test_cli_invalid_port_str_fails_with_message(start_gateway: StartGateway) -> None:
     gateway = start_gateway(
         use_port_option=False, env={"PORT_STR": "http"}, ready=False

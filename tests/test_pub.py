@@ -256,7 +256,58 @@ def test_pub_rejects_malformed_headers(
     assert_nothing_written(root)
 
 
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        pytest.param(
+            b'{"topic": "t", "packet": {"payload": "\\ud800"}}',
+            "/packet/payload",
+            id="payload",
+        ),
+        pytest.param(
+            b'{"topic": "t", "packet": {"headers": [["k", "\\udc00"]], "payload": "x"}}',
+            "/packet/headers",
+            id="header",
+        ),
+    ],
+)
+def test_pub_rejects_text_that_is_not_unicode(
+    http: httpx.Client, root: str, body: bytes, field: str
+) -> None:
+    response = http.post("/api/pub", content=body)
+    assert response.status_code == 400
+    assert response.text.startswith(
+        f"Request field has incorrect format. field: {field}"
+    ), response.text
+    assert_nothing_written(root)
+
+
 def test_pub_after_error_still_publishes(http: httpx.Client) -> None:
     assert pub(http, {"topic": "/", "packet": PACKET}).status_code == 400
     assert pub(http, {"topic": "foo", "packet": PACKET}).status_code == 200
     assert [p.payload for p in read_topic("foo")] == [b"x"]
+
+
+# --- Known gateway bugs --------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: a NUL in the topic truncates it; 't\\u0000x' publishes on 't'",
+)
+def test_pub_topic_with_nul_is_rejected(http: httpx.Client, root: str) -> None:
+    response = pub(http, {"topic": "t\u0000x", "packet": PACKET})
+    assert response.status_code == 400
+    assert_nothing_written(root)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: a topic that is not valid unicode (lone surrogate) gives 500",
+)
+def test_pub_topic_with_lone_surrogate_is_400(http: httpx.Client, root: str) -> None:
+    response = http.post(
+        "/api/pub", content=b'{"topic": "\\ud800", "packet": {"payload": "x"}}'
+    )
+    assert response.status_code == 400
+    assert_nothing_written(root)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from helpers import (
     STANDARD_HEADERS,
+    Gateway,
     assert_nothing_written,
     b64,
     read_file,
@@ -188,4 +189,69 @@ def test_write_rejects_malformed_headers(
     )
     assert response.status_code == 400
     assert "/packet/headers" in response.text
+    assert_nothing_written(root)
+
+
+@pytest.mark.parametrize("payload", ["\ud800", "a\udfffb"])
+def test_write_rejects_payload_that_is_not_unicode(
+    http: httpx.Client, root: str, payload: str
+) -> None:
+    body = json.dumps({"path": "f.a0", "packet": {"payload": payload}})
+    response = http.post("/api/write", content=body)
+    assert response.status_code == 400
+    assert response.text.startswith(
+        "Request field has incorrect format. field: /packet/payload"
+    )
+    assert_nothing_written(root)
+
+
+# --- Known gateway bugs --------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: writing to an existing file that is not an AlephZero file"
+    " (e.g. the gateway's own api.deadman) crashes the gateway with SIGSEGV or"
+    " blocks its event loop forever",
+)
+@pytest.mark.parametrize("path", ["notes.txt", "api.deadman"])
+def test_write_to_non_a0_file_is_400_and_gateway_survives(
+    gateway: Gateway, root: str, path: str
+) -> None:
+    if path == "notes.txt":
+        with open(os.path.join(root, path), "w") as f:
+            f.write("hello\n")
+    body = {"path": path, "packet": {"payload": "x"}}
+    with httpx.Client(base_url=gateway.url, timeout=3.0, trust_env=False) as client:
+        try:
+            response = client.post("/api/write", json=body)
+            ls_status = client.get("/api/ls").status_code
+        except httpx.TransportError as exc:
+            status = gateway.proc.poll()
+            if status is None:
+                gateway.proc.kill()  # Hung: no point in waiting for SIGTERM.
+            pytest.fail(f"gateway crashed (exit status {status}) or hung: {exc!r}")
+    assert response.status_code == 400
+    assert ls_status == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: a NUL in the path truncates it; 'f.a0\\u0000x' writes f.a0",
+)
+def test_write_path_with_nul_is_rejected(http: httpx.Client, root: str) -> None:
+    response = write(http, {"path": "f.a0\u0000x", "packet": PACKET})
+    assert response.status_code == 400
+    assert_nothing_written(root)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: a path that is not valid unicode (lone surrogate) gives 500",
+)
+def test_write_path_with_lone_surrogate_is_400(http: httpx.Client, root: str) -> None:
+    response = http.post(
+        "/api/write", content=b'{"path": "\\ud800.a0", "packet": {"payload": "x"}}'
+    )
+    assert response.status_code == 400
     assert_nothing_written(root)
