@@ -1,0 +1,300 @@
+"""Helpers shared by the a0gw tests: the gateway process, WebSocket and a0 peers.
+
+The tests never import a0gw: they run it as a subprocess and talk to it over
+HTTP and WebSocket, with the `alephzero` package (`a0`) as the AlephZero peer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import a0
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+STANDARD_HEADERS = {
+    "a0_time_mono",
+    "a0_time_wall",
+    "a0_transport_seq",
+    "a0_writer_id",
+    "a0_writer_seq",
+}
+
+# Seconds allowed for anything the gateway should do "right away".
+TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Any, timeout: float = TIMEOUT, what: str = "condition"
+) -> None:
+    """Polls `predicate` until it is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def deadman_taken(topic: str = "api", timeout: float = 0.05) -> bool:
+    """Whether some process holds the AlephZero deadman of `topic`."""
+    try:
+        a0.Deadman(topic).wait_taken(timeout)
+    except RuntimeError:
+        return False
+    return True
+
+
+class Gateway:
+    """One `python -m a0gw serve` subprocess."""
+
+    def __init__(
+        self,
+        root: str,
+        port: int | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        topic: str = "api",
+        use_port_option: bool = True,
+        use_root_option: bool = True,
+    ) -> None:
+        self.root = root
+        self.port = port if port is not None else free_port()
+        self.topic = topic
+        self.signalled = False
+        cmd = [sys.executable, "-m", "a0gw", "serve"]
+        if use_port_option:
+            cmd += ["--port", str(self.port)]
+        if use_root_option:
+            cmd += ["--root", root]
+        cmd += args or []
+        full_env = dict(os.environ)
+        full_env["A0_ROOT"] = root
+        full_env.pop("PORT_STR", None)
+        full_env.pop("A0_TOPIC", None)
+        full_env.update(env or {})
+        # Not the repo root: its a0gw/ folder would shadow the installed package.
+        self._cwd = tempfile.TemporaryDirectory(prefix="a0gw-cwd-")
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in cleanup)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self._cwd.name,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def stderr_text(self) -> str:
+        if self._stderr.closed:
+            return self._final_stderr
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the gateway holds its deadman (it listens before taking it)."""
+        deadline = time.monotonic() + timeout
+        while not deadman_taken(self.topic):
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"gateway exited with {self.proc.returncode} before it was ready:\n"
+                    + self.stderr_text()
+                )
+            if time.monotonic() > deadline:
+                pytest.fail("gateway not ready in time:\n" + self.stderr_text())
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(
+                f"gateway did not exit within {timeout} s:\n" + self.stderr_text()
+            )
+
+    def send_signal(self, sig: int) -> None:
+        """Sends `sig`; the fixture then only waits for the exit, expecting 0.
+
+        A second signal would hit a gateway already shutting down.
+        """
+        self.signalled = True
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
+        """Sends `sig` (unless already signalled) and returns the exit status."""
+        if self.proc.poll() is None and not self.signalled:
+            self.send_signal(sig)
+        return self.wait_exit(timeout)
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._final_stderr = self.stderr_text()
+        self._stderr.close()
+        self._cwd.cleanup()
+
+
+# --- WebSocket -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ws_connect(
+    gateway: Gateway, path: str, **kwargs: Any
+) -> Iterator[ClientConnection]:
+    kwargs.setdefault("max_size", None)
+    with connect(
+        gateway.ws_url(path),
+        proxy=None,
+        compression=None,
+        open_timeout=TIMEOUT,
+        **kwargs,
+    ) as ws:
+        yield ws
+
+
+def handshake(ws: ClientConnection, **fields: Any) -> None:
+    ws.send(json.dumps(fields))
+
+
+def recv_packet(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The next packet message, checked for shape."""
+    message = ws.recv(timeout=timeout)
+    assert isinstance(message, str), "packets must come as text messages"
+    packet = json.loads(message)
+    assert isinstance(packet, dict)
+    assert set(packet) == {"headers", "payload"}
+    assert isinstance(packet["payload"], str)
+    for pair in packet["headers"]:
+        assert isinstance(pair, list) and len(pair) == 2
+        assert all(isinstance(x, str) for x in pair)
+    return packet
+
+
+def recv_packets(
+    ws: ClientConnection, count: int, timeout: float = TIMEOUT
+) -> list[dict[str, Any]]:
+    return [recv_packet(ws, timeout) for _ in range(count)]
+
+
+def assert_no_message(ws: ClientConnection, timeout: float = 0.3) -> None:
+    """Nothing arrives within `timeout` seconds."""
+    with pytest.raises(TimeoutError):
+        message = ws.recv(timeout=timeout)
+        pytest.fail(f"unexpected message: {message[:200]!r}")
+
+
+def expect_close(ws: ClientConnection, code: int, reason: str | None = None) -> str:
+    """The server closes `ws` with `code` (and `reason`), sending nothing before."""
+    try:
+        message = ws.recv(timeout=TIMEOUT)
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "no close frame received"
+        assert exc.rcvd.code == code, exc.rcvd
+        if reason is not None:
+            assert exc.rcvd.reason == reason
+        return exc.rcvd.reason
+    pytest.fail(f"expected close {code}, got a message: {str(message)[:200]!r}")
+
+
+def header(packet: dict[str, Any], key: str) -> str:
+    values = [v for k, v in packet["headers"] if k == key]
+    assert len(values) == 1, f"{key} appears {len(values)} times in {packet['headers']}"
+    return values[0]
+
+
+def seq(packet: dict[str, Any]) -> int:
+    return int(header(packet, "a0_transport_seq"))
+
+
+def user_headers(headers: Any) -> Counter[tuple[str, str]]:
+    """The headers other than AlephZero's standard ones, as a multiset."""
+    return Counter((k, v) for k, v in headers if k not in STANDARD_HEADERS)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- AlephZero peers -----------------------------------------------------------
+
+
+def read_topic(topic: str) -> list[a0.Packet]:
+    """Every packet currently on a pubsub topic, oldest first."""
+    sub = a0.SubscriberSync(topic, a0.INIT_OLDEST, a0.ITER_NEXT)
+    out = []
+    while sub.can_read():
+        out.append(sub.read())
+    return out
+
+
+def read_file(path: str) -> list[a0.Packet]:
+    """Every packet currently in an AlephZero file, oldest first."""
+    reader = a0.ReaderSync(a0.File(path), a0.INIT_OLDEST, a0.ITER_NEXT)
+    out = []
+    while reader.can_read():
+        out.append(reader.read())
+    return out
+
+
+def a0_files(root: str) -> list[str]:
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".a0"):
+                found.append(os.path.relpath(os.path.join(folder, name), root))
+    return sorted(found)
+
+
+def assert_nothing_written(root: str) -> None:
+    """No AlephZero file under `root` holds a packet."""
+    for rel in a0_files(root):
+        packets = read_file(os.path.join(root, rel))
+        assert packets == [], f"{rel} holds {len(packets)} packet(s)"
+
+
+def publish_until_received(
+    ws: ClientConnection, publish: Any, timeout: float = TIMEOUT
+) -> tuple[int, dict[str, Any]]:
+    """Publishes markers with `publish(i)` until the stream delivers one.
+
+    For AWAIT_NEW streams, whose start the client cannot observe.  Returns how
+    many markers were published and the first packet received.
+    """
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        publish(count)
+        count += 1
+        try:
+            return count, recv_packet(ws, timeout=0.1)
+        except TimeoutError:
+            continue
+    pytest.fail("the stream delivered nothing")

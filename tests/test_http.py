@@ -1,0 +1,185 @@
+"""Protocol-level HTTP behaviour: status codes, CORS, keep-alive, limits."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+from helpers import TIMEOUT, Gateway, assert_nothing_written, read_topic, ws_connect
+from websockets.exceptions import InvalidStatus
+
+MIB = 1024 * 1024
+PUB_BODY = {"topic": "t", "packet": {"payload": "x"}}
+
+
+def test_http_unknown_path_is_404(http: httpx.Client, root: str) -> None:
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/api"),
+        ("POST", "/api/publish"),
+        ("GET", "/nope"),
+    ]:
+        response = http.request(
+            method, path, json=PUB_BODY if method == "POST" else None
+        )
+        assert response.status_code == 404, (method, path)
+        assert response.headers["access-control-allow-origin"] == "*"
+    assert_nothing_written(root)
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("GET", "/api/pub", "POST"),
+        ("PUT", "/api/pub", "POST"),
+        ("GET", "/api/write", "POST"),
+        ("DELETE", "/api/write", "POST"),
+        ("POST", "/api/ls", "GET"),
+    ],
+)
+def test_http_wrong_method_is_405_with_allow(
+    http: httpx.Client, root: str, method: str, path: str, allowed: str
+) -> None:
+    body = json.dumps({"topic": "t", "path": "f.a0", "packet": {"payload": "x"}})
+    response = http.request(method, path, content=body)
+    assert response.status_code == 405
+    allow = [m.strip() for m in response.headers["allow"].split(",")]
+    assert allowed in allow
+    assert method not in allow
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert_nothing_written(root)
+
+
+@pytest.mark.parametrize("path", ["/api/pub", "/api/write", "/api/ls"])
+def test_http_options_preflight_is_204(
+    http: httpx.Client, root: str, path: str
+) -> None:
+    response = http.options(
+        path,
+        headers={
+            "Origin": "http://example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers["access-control-allow-origin"] == "*"
+    methods = [
+        m.strip() for m in response.headers["access-control-allow-methods"].split(",")
+    ]
+    assert "POST" in methods and "GET" in methods
+    allowed_headers = response.headers["access-control-allow-headers"].lower()
+    assert "content-type" in [h.strip() for h in allowed_headers.split(",")]
+    assert_nothing_written(root)
+
+
+def test_http_cors_header_on_every_response(http: httpx.Client) -> None:
+    responses = [
+        http.post("/api/pub", json=PUB_BODY),
+        http.post("/api/write", json={"path": "f.a0", "packet": {"payload": "x"}}),
+        http.get("/api/ls"),
+        http.post("/api/pub", content=b"nope"),
+        http.get("/nope"),
+        http.get("/api/pub"),
+        http.options("/api/pub"),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 200, 400, 404, 405, 204]
+    for response in responses:
+        assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_http_body_over_16_mib_is_413(http: httpx.Client, root: str) -> None:
+    body = json.dumps(PUB_BODY).encode()
+    body += b" " * (16 * MIB + 1 - len(body))
+    response = http.post("/api/pub", content=body)
+    assert response.status_code == 413
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert_nothing_written(root)
+
+
+def test_http_body_of_exactly_16_mib_is_accepted(http: httpx.Client) -> None:
+    body = json.dumps(PUB_BODY).encode()
+    body += b" " * (16 * MIB - len(body))
+    response = http.post("/api/pub", content=body)
+    assert response.status_code == 200
+    assert [p.payload for p in read_topic("t")] == [b"x"]
+
+
+def read_response(
+    sock: socket.socket, buffer: bytearray
+) -> tuple[int, dict[str, str], bytes]:
+    """Reads one HTTP response with a Content-Length from `sock`."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def test_http_keep_alive_serves_several_requests(gateway: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=TIMEOUT) as sock:
+        buffer = bytearray()
+        for i in range(3):
+            body = json.dumps({"topic": "t", "packet": {"payload": f"p{i}"}}).encode()
+            sock.sendall(request_bytes("POST", "/api/pub", body))
+            assert read_response(sock, buffer)[::2] == (200, b"success")
+        # Errors keep the connection open too.
+        sock.sendall(request_bytes("POST", "/api/pub", b"nope"))
+        assert read_response(sock, buffer)[::2] == (400, b"Request must be json.")
+        sock.sendall(request_bytes("GET", "/nope"))
+        assert read_response(sock, buffer)[0] == 404
+        sock.sendall(request_bytes("GET", "/api/ls"))
+        status, _, body = read_response(sock, buffer)
+        assert status == 200
+        assert json.loads(body) == ["t.pubsub.a0"]
+    assert [p.payload for p in read_topic("t")] == [b"p0", b"p1", b"p2"]
+
+
+def test_http_pipelined_requests_answered_in_order(gateway: Gateway) -> None:
+    data = b"".join(
+        request_bytes(
+            "POST",
+            "/api/pub",
+            json.dumps({"topic": "t", "packet": {"payload": p}}).encode(),
+        )
+        for p in ("a", "b")
+    )
+    data += request_bytes("POST", "/api/pub", b"[]")
+    data += request_bytes("OPTIONS", "/api/pub")
+    data += request_bytes("GET", "/api/ls")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        buffer = bytearray()
+        statuses = [read_response(sock, buffer)[0] for _ in range(5)]
+    assert statuses == [200, 200, 400, 204, 200]
+    assert [p.payload for p in read_topic("t")] == [b"a", b"b"]
+
+
+def test_http_websocket_upgrade_on_unknown_path_is_404(gateway: Gateway) -> None:
+    with pytest.raises(InvalidStatus) as info, ws_connect(gateway, "/wsapi/nope"):
+        pass
+    assert info.value.response.status_code == 404
