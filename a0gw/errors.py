@@ -22,6 +22,9 @@ class RequestFailed(GatewayError):
     close_code = 4000
 
     def __init__(self, reason: str) -> None:
+        # A reason may quote client input that is not valid unicode (a lone
+        # surrogate); escape it so the reason can always be sent.
+        reason = reason.encode("utf-8", "backslashreplace").decode()
         super().__init__(reason)
         self.reason = reason
 

@@ -115,10 +115,22 @@ class RequestMessage:
             raise bad_format(field, f"type must be string, but is {_json_type(value)}")
         return value
 
-    def required_string(self, field: str) -> str:
-        """The string at `field`, which must be present."""
+    def name(self, field: str, default: str | None = None) -> str | None:
+        """The topic, path or glob at `field`: a string usable as a file name."""
+        value = self.string(field, default)
+        if value is not None:
+            if "\x00" in value:
+                raise bad_format(field, "must not contain NUL characters")
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise bad_format(field, "must be valid unicode") from None
+        return value
+
+    def required_name(self, field: str) -> str:
+        """The name at `field`, which must be present."""
         self.require(field)
-        value = self.string(field)
+        value = self.name(field)
         assert value is not None
         return value
 
@@ -217,7 +229,7 @@ def parse_stream_request(message: RequestMessage, name_field: str) -> StreamRequ
     `name_field` is "topic" or "path", whichever the route needs.
     """
     encoding = message.response_encoding()
-    name = message.required_string(name_field)
+    name = message.required_name(name_field)
     iter_ = message.option("iter", ITER_OPTIONS, _native.ITER_NEXT)
 
     # `init` is a name, or the a0_transport_seq to resume from.
@@ -228,8 +240,10 @@ def parse_stream_request(message: RequestMessage, name_field: str) -> StreamRequ
         and isinstance(init_value, (int, float))
         and not isinstance(init_value, bool)
     ):
-        if not isinstance(init_value, int) or init_value < 0:
-            raise bad_format("init", "a sequence number must be a non-negative integer")
+        if not isinstance(init_value, int) or not 0 <= init_value < 2**64:
+            raise bad_format(
+                "init", "a sequence number must be an integer from 0 to 2**64-1"
+            )
         seq_min = init_value
         # Read from the start and skip what is older than seq_min; with NEWEST,
         # start at the most recent packet instead.

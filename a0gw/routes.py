@@ -54,7 +54,7 @@ def publish(bridge: Bridge, body: bytes) -> Response:
     message = RequestMessage.parse(body)
     packet = message.packet()
     message.response_encoding()
-    topic = message.required_string("topic")
+    topic = message.required_name("topic")
     payload = _checked_payload(message, packet)
     bridge.policy.check_writable("publish")
     bridge.checked_topic("pubsub", topic)
@@ -72,7 +72,7 @@ def write(bridge: Bridge, body: bytes) -> Response:
     message = RequestMessage.parse(body)
     packet = message.packet()
     message.response_encoding()
-    path = message.required_string("path")
+    path = message.required_name("path")
     payload = _checked_payload(message, packet)
     standard_headers = message.boolean("standard_headers", False)
     bridge.policy.check_writable("write")
@@ -105,7 +105,7 @@ async def rpc(bridge: Bridge, body: bytes) -> Response:
     message = RequestMessage.parse(body)
     packet = message.packet()
     encoding = message.response_encoding()
-    topic = message.required_string("topic")
+    topic = message.required_name("topic")
     payload = _checked_payload(message, packet)
     timeout = _timeout(message, bridge.rpc_timeout)
     bridge.policy.check_writable("rpc")
@@ -254,7 +254,7 @@ def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     """/wsapi/prpc: open a progressive RPC and stream its progress."""
     packet = message.packet()
     encoding = message.response_encoding()
-    topic = message.required_string("topic")
+    topic = message.required_name("topic")
     payload = _checked_payload(message, packet, required=False)
     iter_ = message.option("iter", ITER_OPTIONS, _native.ITER_NEXT)
     scheduler = message.option(
@@ -284,7 +284,7 @@ def discover(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     template = message.option("protocol", _native.topic_templates(), "")
     if not template:
         raise ClientError("Request has unknown value for field: protocol  value: ")
-    topic = message.string("topic") or "**/*"
+    topic = message.name("topic") or "**/*"
     scheduler = message.option(
         "scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN
     )

@@ -205,15 +205,9 @@ def test_write_rejects_payload_that_is_not_unicode(
     assert_nothing_written(root)
 
 
-# --- Known gateway bugs --------------------------------------------------------
+# --- Names and numbers the gateway must refuse -----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: writing to an existing file that is not an AlephZero file"
-    " (e.g. the gateway's own api.deadman) crashes the gateway with SIGSEGV or"
-    " blocks its event loop forever",
-)
 @pytest.mark.parametrize("path", ["notes.txt", "api.deadman"])
 def test_write_to_non_a0_file_is_400_and_gateway_survives(
     gateway: Gateway, root: str, path: str
@@ -235,20 +229,12 @@ def test_write_to_non_a0_file_is_400_and_gateway_survives(
     assert ls_status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a NUL in the path truncates it; 'f.a0\\u0000x' writes f.a0",
-)
 def test_write_path_with_nul_is_rejected(http: httpx.Client, root: str) -> None:
     response = write(http, {"path": "f.a0\u0000x", "packet": PACKET})
     assert response.status_code == 400
     assert_nothing_written(root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a path that is not valid unicode (lone surrogate) gives 500",
-)
 def test_write_path_with_lone_surrogate_is_400(http: httpx.Client, root: str) -> None:
     response = http.post(
         "/api/write", content=b'{"path": "\\ud800.a0", "packet": {"payload": "x"}}'
