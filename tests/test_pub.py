@@ -265,7 +265,8 @@ def test_pub_rejects_malformed_headers(
             id="payload",
         ),
         pytest.param(
-            b'{"topic": "t", "packet": {"headers": [["k", "\\udc00"]], "payload": "x"}}',
+            b'{"topic": "t", "packet": {"headers": [["k", "\\udc00"]],'
+            b' "payload": "x"}}',
             "/packet/headers",
             id="header",
         ),
