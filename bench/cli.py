@@ -16,6 +16,7 @@ from pathlib import Path
 from bench import report
 from bench.scenarios import SCENARIOS, Ctx, Settings, run_scenario
 from bench.servers import Canned, external_target, start_gateway
+from bench.stats import OtherLoad
 
 MIB = 1024 * 1024
 
@@ -120,6 +121,7 @@ def main(argv: list = None) -> None:
 
     targets = []
     canned = None
+    load = None
     peer_log = open(out / "peers.log", "ab")
     results: dict = {"scenarios": [], "failures": []}
     try:
@@ -152,12 +154,15 @@ def main(argv: list = None) -> None:
         for t in targets:
             print(f"server {t.label}: {t.url} root {t.root}"
                   f"{' pid ' + str(t.pid) if t.pid else ''}", file=sys.stderr, flush=True)
+        load = OtherLoad([t.pid for t in targets if t.proc is None and t.pid]).start()
         ctx = Ctx(settings, targets, canned, run_id, peer_log)
         t0 = time.perf_counter()
         _run(_run_all(ctx, names, results))
         results["meta"]["loadavg_after"] = _loadavg()
         results["meta"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
     finally:
+        if load is not None:
+            load.stop_external()
         if canned is not None:
             canned.stop()
         for t in targets:
@@ -167,6 +172,8 @@ def main(argv: list = None) -> None:
                 shutil.rmtree(os.path.join(t.root, f"bench_{run_id}"), ignore_errors=True)
         peer_log.close()
 
+    if load is not None and "meta" in results:
+        results["meta"]["other_load"] = load.figures()
     report.annotate(results)
     report.write_json(results, out / "results.json")
     md = report.markdown(results)

@@ -154,14 +154,28 @@ def _ref_text(ref: dict) -> tuple:
     return value, target
 
 
+# Other processes using this share of the machine make the figures noisy.
+BUSY_PCT = 15.0
+
+
+def _busy(meta: dict) -> bool:
+    load = meta.get("other_load") or {}
+    return (load.get("other_load_pct") or 0) + (load.get("steal_pct") or 0) >= BUSY_PCT
+
+
 def markdown(results: dict) -> str:
     labels = [t["label"] for t in results["targets"]]
     lines = ["# a0gw benchmark", ""]
     meta = results["meta"]
     lines.append(f"- run: {meta['started']} ({'quick' if meta['quick'] else 'full'}, "
                  f"{meta['rounds']} round(s) per case)")
-    lines.append(f"- machine: {meta['cpus']} CPUs, load average before {meta['loadavg_before']}, "
-                 f"after {meta.get('loadavg_after')}")
+    load = meta.get("other_load") or {}
+    lines.append(f"- machine: {meta['cpus']} CPUs, load average before {meta['loadavg_before']}; "
+                 f"other processes used {load.get('other_load_pct', '?')}% of it during the run"
+                 f" (steal {load.get('steal_pct', '?')}%)")
+    if _busy(meta):
+        lines.append(f"- **the machine was busy with other work** (≥ {BUSY_PCT:g}% of it): "
+                     "figures are noisy, latency tails especially")
     for t in results["targets"]:
         lines.append(f"- server {t['label']}: {t['url']} (root {t['root']}"
                      f"{', ' + t['version'] if t.get('version') else ''}"

@@ -117,3 +117,57 @@ class ClientMeter:
     def stop(self) -> float:
         wall = time.perf_counter() - self.t0
         return 100.0 * (time.process_time() - self.cpu0) / wall if wall > 0 else 0.0
+
+
+class OtherLoad:
+    """How busy the machine was with processes other than the harness's.
+
+    System-wide busy CPU time over the run, minus this process and its waited
+    children (gateway, canned sender, peers) and any server pids given.
+    Call stop() after every child has been waited for.
+    """
+
+    def __init__(self, pids: list) -> None:
+        self.meters = [ProcessMeter(pid) for pid in pids]
+
+    @staticmethod
+    def _busy() -> tuple:
+        t = psutil.cpu_times()
+        steal = getattr(t, "steal", 0.0)
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t) - idle - steal - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), steal
+
+    @staticmethod
+    def _ours() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def start(self) -> "OtherLoad":
+        self.ok = psutil is not None
+        if self.ok:
+            self.t0 = time.perf_counter()
+            self.busy0, self.steal0 = self._busy()
+            self.ours0 = self._ours()
+            for m in self.meters:
+                m.start()
+        return self
+
+    def stop_external(self) -> None:
+        """Stops the meters of server pids (call before those servers stop)."""
+        for m in self.meters:
+            m.stop()
+
+    def figures(self) -> dict:
+        if not self.ok:
+            return {}
+        wall = time.perf_counter() - self.t0
+        cpus = psutil.cpu_count() or 1
+        busy, steal = self._busy()
+        ours = self._ours() - self.ours0
+        external = sum(m.cpu_s or 0.0 for m in self.meters)
+        other = (busy - self.busy0) - ours - external
+        return {
+            "other_load_pct": round(max(0.0, 100.0 * other / (wall * cpus)), 1),
+            "steal_pct": round(100.0 * (steal - self.steal0) / (wall * cpus), 1),
+            "wall_s": round(wall, 1),
+        }
