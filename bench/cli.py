@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import report
 from bench.scenarios import SCENARIOS, Ctx, Settings, run_scenario
-from bench.servers import Canned, external_target, start_gateway
+from bench.servers import Canned, external_target, parse_cpus, pingpong_us, start_gateway
 from bench.stats import OtherLoad
 
 MIB = 1024 * 1024
@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for the a0gw the harness starts (repeatable), "
                    "e.g. --serve-arg=--queue-limit=1048576")
+    g.add_argument("--client-cpus", metavar="LIST",
+                   help="pin the harness (load generators) and the AlephZero peers to these "
+                   "CPUs, e.g. 0 or 0-1")
+    g.add_argument("--server-cpus", metavar="LIST",
+                   help="pin the a0gw the harness starts, and the canned sender, to these CPUs")
     t = p.add_argument_group("run length")
     t.add_argument("--rounds", type=int, help="measurements per case and server "
                    "(default 1 quick, 3 full)")
@@ -119,6 +124,11 @@ def main(argv: list = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"{started.strftime('%H%M%S')}_{os.getpid()}"
 
+    client_cpus = parse_cpus(args.client_cpus)
+    server_cpus = parse_cpus(args.server_cpus)
+    if client_cpus:
+        # Peers started later inherit it.
+        os.sched_setaffinity(0, client_cpus)
     targets = []
     canned = None
     load = None
@@ -129,7 +139,7 @@ def main(argv: list = None) -> None:
             targets.append(external_target(args.label or "A", args.url, args.root, args.pid))
         else:
             print("starting a0gw ...", file=sys.stderr, flush=True)
-            targets.append(start_gateway(args.label or "a0gw", out, args.serve_arg))
+            targets.append(start_gateway(args.label or "a0gw", out, args.serve_arg, server_cpus))
         if args.compare:
             label = args.compare_label
             if label == targets[0].label:
@@ -137,7 +147,7 @@ def main(argv: list = None) -> None:
             targets.append(external_target(label, args.compare, args.compare_root,
                                            args.compare_pid))
         if settings.ceiling:
-            canned = Canned()
+            canned = Canned(server_cpus)
         results["meta"] = {
             "started": started.isoformat(timespec="seconds"),
             "quick": settings.quick,
@@ -147,6 +157,9 @@ def main(argv: list = None) -> None:
             "argv": sys.argv[1:] if argv is None else argv,
             "cpus": os.cpu_count(),
             "loadavg_before": _loadavg(),
+            "client_cpus": sorted(client_cpus) if client_cpus else None,
+            "server_cpus": sorted(server_cpus) if server_cpus else None,
+            "pingpong": pingpong_us(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         }

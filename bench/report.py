@@ -173,6 +173,17 @@ def markdown(results: dict) -> str:
     lines.append(f"- machine: {meta['cpus']} CPUs, load average before {meta['loadavg_before']}; "
                  f"other processes used {load.get('other_load_pct', '?')}% of it during the run"
                  f" (steal {load.get('steal_pct', '?')}%)")
+    pp = meta.get("pingpong") or {}
+    if pp:
+        text = ", ".join(f"{where.replace('_', ' ')} p50 {v['p50_us']} µs (p90 {v['p90_us']})"
+                         for where, v in pp.items())
+        lines.append(f"- round trip between two processes over pipes: {text}; a slow cross-CPU "
+                     "figure means slow wake-ups, which request/response exchanges "
+                     "(c=1, ON_ACK, rpc, live packets) pay when client and server "
+                     "run on different CPUs")
+    if meta.get("client_cpus") or meta.get("server_cpus"):
+        lines.append(f"- pinned: client CPUs {meta.get('client_cpus') or 'any'}, "
+                     f"server CPUs {meta.get('server_cpus') or 'any'}")
     if _busy(meta):
         lines.append(f"- **the machine was busy with other work** (≥ {BUSY_PCT:g}% of it): "
                      "figures are noisy, latency tails especially")

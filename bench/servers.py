@@ -22,6 +22,24 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 DEFAULT_ROOT = "/dev/shm/alephzero"
 
 
+def parse_cpus(text: Optional[str]) -> Optional[set]:
+    """'0', '0,1' or '0-3' as a set of CPU numbers; None stays None."""
+    if not text:
+        return None
+    cpus: set = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _pinned(cpus: Optional[set]):
+    """A preexec_fn that pins the child (and every thread it starts) to `cpus`."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +115,8 @@ def external_target(label: str, url: str, root: Optional[str], pid: Optional[int
     return Target(label, host, port, root or os.environ.get("A0_ROOT") or DEFAULT_ROOT, pid=pid)
 
 
-def start_gateway(label: str, out_dir: Path, serve_args: list) -> Target:
+def start_gateway(label: str, out_dir: Path, serve_args: list,
+                  cpus: Optional[set] = None) -> Target:
     """Starts `a0gw serve` on a free port with a fresh root under /dev/shm."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = tempfile.mkdtemp(prefix="a0gw-bench-", dir=shm)
@@ -123,6 +142,7 @@ def start_gateway(label: str, out_dir: Path, serve_args: list) -> Target:
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=_pinned(cpus),
     )
     target = Target(label, "127.0.0.1", port, root, pid=proc.pid, proc=proc,
                     log_path=str(log_path), temp_root=True, version=version)
@@ -138,10 +158,11 @@ def start_gateway(label: str, out_dir: Path, serve_args: list) -> Target:
 class Canned:
     """The trivial local sender (bench.canned) in its own process."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: Optional[set] = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.canned", "--port", "0"],
             cwd=PACKAGE_PARENT,
+            preexec_fn=_pinned(cpus),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -205,6 +226,49 @@ class Peer:
             except asyncio.TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+def _pingpong(cpus: Optional[tuple], rounds: int) -> dict:
+    code = ("import os\nwhile True:\n    b = os.read(0, 1)\n    if not b: break\n"
+            "    os.write(1, b)\n")
+    saved = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, {cpus[0]})
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE,
+                                preexec_fn=_pinned({cpus[1]}) if cpus else None)
+        assert proc.stdin is not None and proc.stdout is not None
+        w, r = proc.stdin.fileno(), proc.stdout.fileno()
+        times = []
+        try:
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                os.write(w, b"x")
+                os.read(r, 1)
+                times.append(time.perf_counter() - t0)
+        finally:
+            proc.stdin.close()
+            proc.wait()
+    finally:
+        os.sched_setaffinity(0, saved)
+    times.sort()
+    return {"p10_us": round(times[len(times) // 10] * 1e6, 1),
+            "p50_us": round(times[len(times) // 2] * 1e6, 1),
+            "p90_us": round(times[len(times) * 9 // 10] * 1e6, 1)}
+
+
+def pingpong_us(rounds: int = 2000) -> dict:
+    """Round trips of one byte between this process and a child over pipes.
+
+    Measured with both on one CPU and on two different CPUs.  It characterises
+    the machine: where waking a process on another, idle CPU is slow (virtual
+    machines), request/response exchanges between processes pay it twice.
+    """
+    out = {"same_cpu": _pingpong((0, 0), rounds)}
+    if (os.cpu_count() or 1) > 1:
+        out["cross_cpu"] = _pingpong((0, 1), rounds)
+    return out
 
 
 async def run_peer(root: str, log: IO[bytes], *args: str) -> str:
