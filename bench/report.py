@@ -401,6 +401,11 @@ def plots(results: dict, out: Path) -> list:
                 if samples:
                     ax.plot([t for t, _ in samples], [r / 1e6 for _, r in samples],
                             styles[li % 2], color=f"C{ci}", label=f"{label} {entry['name']}")
+                    events = entry["result"][label].get("events_s") or {}
+                    for ei, (event, at) in enumerate(sorted(events.items(), key=lambda x: x[1])):
+                        ax.axvline(at, color=f"C{ci}", alpha=0.35, linestyle=":")
+                        ax.annotate(event, (at, 0.02 + 0.06 * ei), xycoords=("data", "axes fraction"),
+                                    fontsize=7, color=f"C{ci}", rotation=90, ha="right")
                     drawn = True
         if drawn:
             ax.set_xlabel("seconds")

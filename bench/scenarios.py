@@ -464,7 +464,8 @@ def _stamp_reader(latencies: list, flags: dict):
 
     def on_messages(msgs: list, now_ns: int) -> None:
         for msg in msgs:
-            at = msg.rfind(b'"payload":"') + 11
+            # The payload string follows the last "payload" key (spaces allowed).
+            at = msg.find(b'"', msg.rfind(b'"payload"') + 9) + 1
             head = msg[at:at + digits]
             if head[:1].isdigit():
                 latencies.append(now_ns - int(head))
@@ -655,9 +656,13 @@ class SlowConsumer(Scenario):
         client = None
         samples: list = []
         stop = asyncio.Event()
+        t0 = time.perf_counter()
+        events: dict = {}
+
+        def mark(name: str) -> None:
+            events[name] = round(time.perf_counter() - t0, 4)
 
         async def sample() -> None:
-            t0 = time.perf_counter()
             while not stop.is_set():
                 rss = meter.rss()
                 if rss is not None:
@@ -675,16 +680,20 @@ class SlowConsumer(Scenario):
             if not await _warm(peer, [client]):
                 return {"error": "no packet reached the subscriber during warm-up"}
             client.pause()
+            t0 = time.perf_counter()
             sampler = asyncio.ensure_future(sample())
             await asyncio.sleep(0.2)
             rss_start = meter.rss()
+            mark("publish")
             peer.send("go")
             pub = json.loads(await peer.line(600))
+            mark("published")
             await asyncio.sleep(0.5)
             rss_stalled = meter.rss()
             before = client.messages
             t_resume = time.perf_counter()
             client.resume()
+            mark("resume")
             try:
                 await asyncio.wait_for(asyncio.shield(client.done), 3)
             except asyncio.TimeoutError:
@@ -707,6 +716,7 @@ class SlowConsumer(Scenario):
                 "resume_s": resumed_s,
                 "close_code": client.close_code,
                 "error": client.error,
+                "events_s": events,
                 "_samples": samples,
             }
             return m
