@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Optional
 
 from bench import payloads
 from bench.wsclient import OP_CLOSE, OP_TEXT, accept_key, server_frame
@@ -42,7 +41,7 @@ BLOB_BYTES = 256 * 1024
 
 class Canned(asyncio.Protocol):
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.body_left = 0
         self.ws = False

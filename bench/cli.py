@@ -15,7 +15,13 @@ from pathlib import Path
 
 from bench import report
 from bench.scenarios import SCENARIOS, Ctx, Settings, run_scenario
-from bench.servers import Canned, external_target, parse_cpus, pingpong_us, start_gateway
+from bench.servers import (
+    Canned,
+    external_target,
+    parse_cpus,
+    pingpong_us,
+    start_gateway,
+)
 from bench.stats import OtherLoad
 
 MIB = 1024 * 1024
@@ -95,7 +101,7 @@ async def _run_all(ctx: Ctx, names: list, results: dict) -> None:
         scen = SCENARIOS[name]()
         try:
             results["scenarios"].append(await run_scenario(ctx, scen))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed scenario must not stop the rest
             ctx.say(f"{name} FAILED: {exc!r}")
             traceback.print_exc(file=sys.stderr)
             results["failures"].append({"scenario": name, "error": repr(exc)})
@@ -110,7 +116,7 @@ def _run(coro) -> None:
     uvloop.run(coro)
 
 
-def main(argv: list = None) -> None:
+def main(argv: list | None = None) -> None:
     args = _parser().parse_args(argv)
     names = _scenarios(args.scenario)
     settings = Settings.make(
@@ -132,7 +138,7 @@ def main(argv: list = None) -> None:
     targets = []
     canned = None
     load = None
-    peer_log = open(out / "peers.log", "ab")
+    peer_log = open(out / "peers.log", "ab")  # noqa: SIM115 - closed in the finally below
     results: dict = {"scenarios": [], "failures": []}
     try:
         if args.url:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Optional
 
 
 def post_request(host: str, port: int, path: str, body: bytes) -> bytes:
@@ -28,10 +27,10 @@ class _State:
         self.stopping = False
         self.count = 0
         self.errors = 0
-        self.first_error: Optional[str] = None
+        self.first_error: str | None = None
         self.latencies: list = []
         self.in_flight = 0
-        self.idle: Optional[asyncio.Future] = None
+        self.idle: asyncio.Future | None = None
 
     def record(self, latency_ns: int, status: int, body: bytes) -> None:
         if not self.measuring:
@@ -49,7 +48,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, state: _State, request: bytes) -> None:
         self.state = state
         self.request = request
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.head_end = -1
         self.body_end = -1
@@ -64,7 +63,7 @@ class _Conn(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         st = self.state
         if self.busy:

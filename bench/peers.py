@@ -97,8 +97,7 @@ def rate(topic: str, per_s: float, seconds: float, size: int) -> None:
             now = clock()
             due = min(total, int((now - t0) * per_s) + 1)
             lag = now - (t0 + i * interval)
-            if lag > max_lag:
-                max_lag = lag
+            max_lag = max(max_lag, lag)
             while i < due:
                 pub.pub(stamped(mono(), size))
                 i += 1

@@ -353,7 +353,7 @@ def plots(results: dict, out: Path) -> list:
                     # Complementary CDF: the share of samples slower than x,
                     # so p99 and p99.9 show as 1e-2 and 1e-3.
                     idx = sorted(set(
-                        [min(n - 1, int(n * (1 - 10 ** (-k / 50)))) for k in range(0, 301)]
+                        [min(n - 1, int(n * (1 - 10 ** (-k / 50)))) for k in range(301)]
                         + list(range(max(0, n - 50), n))))
                     xs = [values[i] for i in idx]
                     ys = [(n - i) / n for i in idx]
@@ -447,5 +447,5 @@ def best_effort_plots(results: dict, out: Path) -> tuple:
         return plots(results, out), None
     except ImportError:
         return [], "matplotlib is not installed (pip install '.[bench]')"
-    except Exception as exc:  # a plot must not lose the measurements
+    except Exception as exc:  # noqa: BLE001 - a plot must not lose the measurements
         return [], f"plotting failed: {exc!r}"

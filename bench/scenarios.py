@@ -8,7 +8,7 @@ import dataclasses
 import json
 import sys
 import time
-from typing import IO, Optional
+from typing import IO
 
 from bench import payloads
 from bench.httpload import post_request, run_load
@@ -40,13 +40,13 @@ class Settings:
     ceiling: bool
 
     @classmethod
-    def make(cls, quick: bool, scale: float = 1.0, **over) -> "Settings":
+    def make(cls, quick: bool, scale: float = 1.0, **over) -> Settings:
         if quick:
-            base = dict(rounds=1, warmup_s=0.2, duration_s=1.0, drain_s=0.4, latency_s=1.5,
-                        fanout_s=1.5, fanout_rate=1000.0, slow_bytes=128 * MIB)
+            base = {'rounds': 1, 'warmup_s': 0.2, 'duration_s': 1.0, 'drain_s': 0.4, 'latency_s': 1.5,
+                        'fanout_s': 1.5, 'fanout_rate': 1000.0, 'slow_bytes': 128 * MIB}
         else:
-            base = dict(rounds=3, warmup_s=1.0, duration_s=5.0, drain_s=3.0, latency_s=10.0,
-                        fanout_s=5.0, fanout_rate=1000.0, slow_bytes=1024 * MIB)
+            base = {'rounds': 3, 'warmup_s': 1.0, 'duration_s': 5.0, 'drain_s': 3.0, 'latency_s': 10.0,
+                        'fanout_s': 5.0, 'fanout_rate': 1000.0, 'slow_bytes': 1024 * MIB}
         for key in ("warmup_s", "duration_s", "drain_s", "latency_s", "fanout_s"):
             base[key] *= scale
         base.update({k: v for k, v in over.items() if v is not None})
@@ -57,7 +57,7 @@ class Settings:
 class Ctx:
     """What every scenario needs: settings, servers, the ceiling sender, output."""
 
-    def __init__(self, settings: Settings, targets: list, canned: Optional[Canned],
+    def __init__(self, settings: Settings, targets: list, canned: Canned | None,
                  run_id: str, peer_log: IO[bytes]) -> None:
         self.s = settings
         self.targets = targets
@@ -76,7 +76,7 @@ class Ctx:
 # Formatting
 
 
-def human(value: Optional[float], digits: int = 3) -> str:
+def human(value: float | None, digits: int = 3) -> str:
     """A number with k/M/G suffixes and `digits` significant digits."""
     if value is None:
         return "-"
@@ -97,7 +97,7 @@ def size_name(size: int) -> str:
     return f"{size} B"
 
 
-def ms(value: Optional[float]) -> str:
+def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
@@ -126,7 +126,7 @@ class Scenario:
     async def run(self, ctx: Ctx, target: Target, case: dict) -> dict:
         raise NotImplementedError
 
-    async def ceiling(self, ctx: Ctx, case: dict) -> Optional[dict]:
+    async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         return None
 
     def fmt(self, m: dict) -> str:
@@ -209,7 +209,7 @@ async def run_scenario(ctx: Ctx, scen: Scenario) -> dict:
 # REST
 
 
-async def http_case(ctx: Ctx, host: str, port: int, pid: Optional[int], path: str,
+async def http_case(ctx: Ctx, host: str, port: int, pid: int | None, path: str,
                     body: bytes, concurrency: int) -> dict:
     meter = ProcessMeter(pid)
     r = await run_load(host, port, post_request(host, port, path, body), concurrency,
@@ -251,7 +251,7 @@ class RestPub(Scenario):
         return await http_case(ctx, target.host, target.port, target.pid, "/api/pub", body,
                                case["concurrency"])
 
-    async def ceiling(self, ctx: Ctx, case: dict) -> Optional[dict]:
+    async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
         body = self._body("bench/ceiling", case)
         return await http_case(ctx, ctx.canned.host, ctx.canned.port, None, "/api/pub", body,
@@ -291,7 +291,7 @@ class Rpc(Scenario):
         return await http_case(ctx, target.host, target.port, target.pid, "/api/rpc", body,
                                case["concurrency"])
 
-    async def ceiling(self, ctx: Ctx, case: dict) -> Optional[dict]:
+    async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
         body = payloads.pub_body("bench/ceiling", payloads.text(case["size"]))
         return await http_case(ctx, ctx.canned.host, ctx.canned.port, None, "/api/rpc", body,
@@ -313,7 +313,7 @@ async def _settle(client: WsClient) -> None:
         pass
 
 
-def _check_first(message: Optional[bytes], size: int, encoding: str) -> Optional[bool]:
+def _check_first(message: bytes | None, size: int, encoding: str) -> bool | None:
     """Whether the first message carries the expected payload (None: not captured)."""
     if message is None:
         return None
@@ -326,9 +326,9 @@ def _check_first(message: Optional[bytes], size: int, encoding: str) -> Optional
         return False
 
 
-async def drain(ctx: Ctx, host: str, port: int, pid: Optional[int], handshake: bytes,
+async def drain(ctx: Ctx, host: str, port: int, pid: int | None, handshake: bytes,
                 size: int, encoding: str, scheduler: str, expected: int,
-                budget: Optional[float] = None) -> dict:
+                budget: float | None = None) -> dict:
     """Drains a pre-filled topic repeatedly for a time budget (default the case's)."""
     budget = budget or ctx.s.drain_s
     marker = payloads.end_marker(size, encoding)
@@ -425,7 +425,7 @@ class WsDrain(Scenario):
                            self._handshake(topic, case), case["size"], case["encoding"],
                            case["scheduler"], expected)
 
-    async def ceiling(self, ctx: Ctx, case: dict) -> Optional[dict]:
+    async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
         # The canned sender has no schedulers: IMMEDIATE and ON_DRAIN are both
         # "as fast as the socket takes it", ON_ACK is one frame per ACK.

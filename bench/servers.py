@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 from urllib.parse import urlsplit
 
 # The folder that holds the `bench` package: helper processes run from it so
@@ -22,7 +22,7 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 DEFAULT_ROOT = "/dev/shm/alephzero"
 
 
-def parse_cpus(text: Optional[str]) -> Optional[set]:
+def parse_cpus(text: str | None) -> set | None:
     """'0', '0,1' or '0-3' as a set of CPU numbers; None stays None."""
     if not text:
         return None
@@ -33,11 +33,14 @@ def parse_cpus(text: Optional[str]) -> Optional[set]:
     return cpus
 
 
-def _pinned(cpus: Optional[set]):
-    """A preexec_fn that pins the child (and every thread it starts) to `cpus`."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+def pin(pid: int, cpus: set | None) -> None:
+    """Pins a child that was just started to `cpus`.
+
+    Popen returns once the child has exec'd, before a new Python process has
+    started any thread, so every thread it starts later inherits the mask.
+    """
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
 
 
 def free_port() -> int:
@@ -46,7 +49,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     end = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
@@ -68,11 +71,11 @@ class Target:
     host: str
     port: int
     root: str
-    pid: Optional[int] = None
-    proc: Optional[subprocess.Popen] = None
-    log_path: Optional[str] = None
+    pid: int | None = None
+    proc: subprocess.Popen | None = None
+    log_path: str | None = None
     temp_root: bool = False
-    version: Optional[str] = None
+    version: str | None = None
 
     @property
     def url(self) -> str:
@@ -110,26 +113,26 @@ def parse_url(url: str) -> tuple:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-def external_target(label: str, url: str, root: Optional[str], pid: Optional[int]) -> Target:
+def external_target(label: str, url: str, root: str | None, pid: int | None) -> Target:
     host, port = parse_url(url)
     return Target(label, host, port, root or os.environ.get("A0_ROOT") or DEFAULT_ROOT, pid=pid)
 
 
 def start_gateway(label: str, out_dir: Path, serve_args: list,
-                  cpus: Optional[set] = None) -> Target:
+                  cpus: set | None = None) -> Target:
     """Starts `a0gw serve` on a free port with a fresh root under /dev/shm."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = tempfile.mkdtemp(prefix="a0gw-bench-", dir=shm)
     port = free_port()
     log_path = out_dir / f"gateway-{label}.log"
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 - the gateway writes to it while it runs
     env = dict(os.environ, A0_ROOT=root)
     env.pop("A0_TOPIC", None)
     version = None
     try:
         out = subprocess.run(
             [sys.executable, "-m", "a0gw", "--version"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=30,
+            cwd=root, env=env, capture_output=True, text=True, timeout=30, check=False,
         )
         version = out.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
@@ -142,8 +145,8 @@ def start_gateway(label: str, out_dir: Path, serve_args: list,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_pinned(cpus),
     )
+    pin(proc.pid, cpus)
     target = Target(label, "127.0.0.1", port, root, pid=proc.pid, proc=proc,
                     log_path=str(log_path), temp_root=True, version=version)
     try:
@@ -158,14 +161,14 @@ def start_gateway(label: str, out_dir: Path, serve_args: list,
 class Canned:
     """The trivial local sender (bench.canned) in its own process."""
 
-    def __init__(self, cpus: Optional[set] = None) -> None:
+    def __init__(self, cpus: set | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.canned", "--port", "0"],
             cwd=PACKAGE_PARENT,
-            preexec_fn=_pinned(cpus),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        pin(self.proc.pid, cpus)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("PORT "):
@@ -193,7 +196,7 @@ class Peer:
         self.what = what
 
     @classmethod
-    async def start(cls, root: str, log: IO[bytes], *args: str) -> "Peer":
+    async def start(cls, root: str, log: IO[bytes], *args: str) -> Peer:
         env = dict(os.environ, A0_ROOT=root)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.peers", *args,
@@ -228,7 +231,7 @@ class Peer:
                 await self.proc.wait()
 
 
-def _pingpong(cpus: Optional[tuple], rounds: int) -> dict:
+def _pingpong(cpus: tuple | None, rounds: int) -> dict:
     code = ("import os\nwhile True:\n    b = os.read(0, 1)\n    if not b: break\n"
             "    os.write(1, b)\n")
     saved = os.sched_getaffinity(0)
@@ -236,8 +239,9 @@ def _pingpong(cpus: Optional[tuple], rounds: int) -> dict:
         os.sched_setaffinity(0, {cpus[0]})
     try:
         proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE,
-                                preexec_fn=_pinned({cpus[1]}) if cpus else None)
+                                stdout=subprocess.PIPE)
+        if cpus:
+            pin(proc.pid, {cpus[1]})
         assert proc.stdin is not None and proc.stdout is not None
         w, r = proc.stdin.fileno(), proc.stdout.fileno()
         times = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 try:
     import psutil
@@ -12,7 +12,7 @@ except ImportError:  # CPU and memory figures are then left out.
     psutil = None
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> Optional[float]:
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100) of already sorted values, nearest rank."""
     if not sorted_values:
         return None
@@ -45,7 +45,7 @@ def log_histogram(latencies_ns: Sequence[int], per_decade: int = 20) -> dict:
     scale = per_decade
     for ns in latencies_ns:
         ms = max(ns / 1e6, 1e-4)
-        idx = int(math.floor(math.log10(ms) * scale)) - lo_exp
+        idx = math.floor(math.log10(ms) * scale) - lo_exp
         counts[min(max(idx, 0), len(counts) - 1)] += 1
     return {"edges_ms": [round(e, 6) for e in edges], "counts": counts}
 
@@ -53,7 +53,7 @@ def log_histogram(latencies_ns: Sequence[int], per_decade: int = 20) -> dict:
 class ProcessMeter:
     """CPU time of a process (all threads) between start() and stop()."""
 
-    def __init__(self, pid: Optional[int]) -> None:
+    def __init__(self, pid: int | None) -> None:
         self.proc = None
         if pid is not None and psutil is not None:
             try:
@@ -62,7 +62,7 @@ class ProcessMeter:
                 self.proc = None
         self.cpu0 = 0.0
         self.t0 = 0.0
-        self.cpu_s: Optional[float] = None
+        self.cpu_s: float | None = None
         self.wall_s = 0.0
 
     def _cpu(self) -> float:
@@ -70,7 +70,7 @@ class ProcessMeter:
         t = self.proc.cpu_times()
         return t.user + t.system
 
-    def start(self) -> "ProcessMeter":
+    def start(self) -> ProcessMeter:
         self.t0 = time.perf_counter()
         if self.proc is not None:
             try:
@@ -79,7 +79,7 @@ class ProcessMeter:
                 self.proc = None
         return self
 
-    def stop(self) -> "ProcessMeter":
+    def stop(self) -> ProcessMeter:
         self.wall_s = time.perf_counter() - self.t0
         if self.proc is not None:
             try:
@@ -88,7 +88,7 @@ class ProcessMeter:
                 self.cpu_s = None
         return self
 
-    def figures(self, ops: Optional[float] = None) -> dict:
+    def figures(self, ops: float | None = None) -> dict:
         """gw_cpu_pct (of one core) and, given an operation count, µs per op."""
         if self.cpu_s is None:
             return {}
@@ -97,7 +97,7 @@ class ProcessMeter:
             out["gw_cpu_us_per_op"] = 1e6 * self.cpu_s / ops
         return out
 
-    def rss(self) -> Optional[int]:
+    def rss(self) -> int | None:
         if self.proc is None:
             return None
         try:
@@ -109,7 +109,7 @@ class ProcessMeter:
 class ClientMeter:
     """CPU time of this process between start() and stop(), in % of one core."""
 
-    def start(self) -> "ClientMeter":
+    def start(self) -> ClientMeter:
         self.cpu0 = time.process_time()
         self.t0 = time.perf_counter()
         return self
@@ -142,7 +142,7 @@ class OtherLoad:
         t = psutil.Process().cpu_times()
         return t.user + t.system + t.children_user + t.children_system
 
-    def start(self) -> "OtherLoad":
+    def start(self) -> OtherLoad:
         self.ok = psutil is not None
         if self.ok:
             self.t0 = time.perf_counter()

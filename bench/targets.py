@@ -8,8 +8,6 @@ A target applies to the first server measured (A).
 
 from __future__ import annotations
 
-from typing import Optional
-
 MIB = 1024 * 1024
 
 # scenario, case fields that must match, metric, reference value or None,
@@ -33,7 +31,7 @@ REFERENCES = [
 ]
 
 
-def lookup(scenario: str, case: dict) -> Optional[dict]:
+def lookup(scenario: str, case: dict) -> dict | None:
     """The reference and target of a case, if it has one."""
     for name, match, metric, reference, target, note in REFERENCES:
         if name == scenario and all(case.get(k) == v for k, v in match.items()):
@@ -41,7 +39,7 @@ def lookup(scenario: str, case: dict) -> Optional[dict]:
     return None
 
 
-def verdict(value: Optional[float], target: Optional[tuple]) -> Optional[str]:
+def verdict(value: float | None, target: tuple | None) -> str | None:
     """'meets' or 'misses' the target; None without a value or a target."""
     if value is None or target is None:
         return None

@@ -15,7 +15,7 @@ import hashlib
 import os
 import socket
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -27,7 +27,7 @@ BIG_FRAME = 64 * 1024
 TAIL = 64
 
 
-def client_frame(opcode: int, payload: bytes, mask: Optional[bytes] = None) -> bytes:
+def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
     """One final client frame; clients must mask (RFC 6455 §5.3)."""
     if mask is None:
         mask = os.urandom(4)
@@ -86,9 +86,9 @@ class WsClient(asyncio.Protocol):
         handshake: bytes,
         *,
         ack: bool = False,
-        marker: Optional[bytes] = None,
-        on_messages: Optional[Callable[[list, int], None]] = None,
-        deadline: Optional[float] = None,
+        marker: bytes | None = None,
+        on_messages: Callable[[list, int], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.host, self.port, self.path = host, port, path
@@ -97,7 +97,7 @@ class WsClient(asyncio.Protocol):
         self.marker = marker
         self.on_messages = on_messages
         self.deadline = deadline
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.key = base64.b64encode(os.urandom(16))
         self.upgraded = False
         self.buf = bytearray()
@@ -106,16 +106,16 @@ class WsClient(asyncio.Protocol):
         self.tail = b""         # last bytes of the big frame being skipped
         self.messages = 0       # complete data messages received
         self.rx_bytes = 0       # bytes received after the upgrade
-        self.first_message: Optional[bytes] = None
+        self.first_message: bytes | None = None
         self.t_open = 0.0       # perf_counter when the handshake was sent
         self.t_first = 0.0      # perf_counter of the first message
         self.t_last = 0.0       # perf_counter of the latest message
         self.end_seen = False   # the marker arrived
         self.deadline_hit = False
         self.closed_by_us = False
-        self.close_code: Optional[int] = None
+        self.close_code: int | None = None
         self.close_reason = ""
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.opened: asyncio.Future = loop.create_future()
         self.done: asyncio.Future = loop.create_future()
         self.lost: asyncio.Future = loop.create_future()
@@ -123,7 +123,7 @@ class WsClient(asyncio.Protocol):
     # Connection
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str, handshake: bytes, **kw) -> "WsClient":
+    async def connect(cls, host: str, port: int, path: str, handshake: bytes, **kw) -> WsClient:
         """Connects, upgrades and sends the handshake."""
         loop = asyncio.get_running_loop()
         client = cls(host, port, path, handshake, **kw)
@@ -144,7 +144,7 @@ class WsClient(asyncio.Protocol):
         )
         self.transport.write(request)
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection lost during upgrade: {exc}"))
         if (self.error is None and self.close_code is None and not self.done.done()
