@@ -97,7 +97,7 @@ class Canned(asyncio.Protocol):
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = head.find(b"\r\n", at + 2)
-                self.body_left = int(head[at + 17:stop if stop >= 0 else len(head)])
+                self.body_left = int(head[at + 17 : stop if stop >= 0 else len(head)])
         self.buf = buf[pos:]
         if out:
             self.transport.write(b"".join(out))
@@ -132,12 +132,12 @@ class Canned(asyncio.Protocol):
             if ln == 126:
                 if n - i < 4:
                     break
-                ln = int.from_bytes(buf[i + 2:i + 4], "big")
+                ln = int.from_bytes(buf[i + 2 : i + 4], "big")
                 h = 4
             elif ln == 127:
                 if n - i < 10:
                     break
-                ln = int.from_bytes(buf[i + 2:i + 10], "big")
+                ln = int.from_bytes(buf[i + 2 : i + 10], "big")
                 h = 10
             if b1 & 0x80:
                 h += 4
@@ -149,8 +149,10 @@ class Canned(asyncio.Protocol):
                 if self.handshake_done:
                     acks += 1
                 else:
-                    mask = buf[i + h - 4:i + h] if b1 & 0x80 else b"\0\0\0\0"
-                    payload = bytes(b ^ mask[j % 4] for j, b in enumerate(buf[i + h:end]))
+                    mask = buf[i + h - 4 : i + h] if b1 & 0x80 else b"\0\0\0\0"
+                    payload = bytes(
+                        b ^ mask[j % 4] for j, b in enumerate(buf[i + h : end])
+                    )
                     self._start(json.loads(payload))
             elif op == OP_CLOSE:
                 assert self.transport is not None
@@ -172,7 +174,8 @@ class Canned(asyncio.Protocol):
             OP_TEXT, payloads.packet_json(payloads.drain_payload(size), encoding)
         )
         self.last = server_frame(
-            OP_TEXT, payloads.packet_json(payloads.drain_payload(size, last=True), encoding)
+            OP_TEXT,
+            payloads.packet_json(payloads.drain_payload(size, last=True), encoding),
         )
         self.per_blob = max(1, BLOB_BYTES // len(self.frame))
         self.blob = self.frame * self.per_blob
@@ -212,7 +215,9 @@ async def _serve(host: str, port: int) -> None:
     print(f"PORT {bound}", flush=True)
     # Serve until stdin closes (the harness exits or closes the pipe).
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
     await reader.read()
     server.close()
 

@@ -31,49 +31,110 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark a0gw (started here on a temporary root) or any server "
-        "with the same API at --url, optionally side by side with a second one (--compare).",
+        "with the same API at --url, optionally side by side with a second one "
+        "(--compare).",
     )
-    p.add_argument("--quick", action="store_true",
-                   help="short runs (about a minute for everything); default is the full run")
-    p.add_argument("--scenario", action="append", metavar="NAME",
-                   help=f"run only these (repeat or comma-separate): {', '.join(SCENARIOS)}")
-    p.add_argument("--out", metavar="DIR",
-                   help="output folder (default bench/out/<timestamp>)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs (about a minute for everything); default is the full run",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help=f"run only these (repeat or comma-separate): {', '.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default bench/out/<timestamp>)"
+    )
     g = p.add_argument_group("servers")
-    g.add_argument("--url", help="measure the server at this URL (http://HOST:PORT) instead "
-                   "of starting a0gw")
-    g.add_argument("--root", help="AlephZero root of --url's server (default $A0_ROOT or "
-                   "/dev/shm/alephzero)")
-    g.add_argument("--pid", type=int, help="pid of --url's server, for CPU and memory figures")
-    g.add_argument("--label", help="name of the first server in the output "
-                   "(default a0gw, or A with --url)")
-    g.add_argument("--compare", metavar="URL2",
-                   help="also measure this server, alternating A B A B, and print A/B")
-    g.add_argument("--compare-root", metavar="DIR",
-                   help="AlephZero root of the --compare server (default $A0_ROOT or "
-                   "/dev/shm/alephzero)")
-    g.add_argument("--compare-pid", type=int, metavar="PID", help="pid of the --compare server")
-    g.add_argument("--compare-label", metavar="NAME", default="B",
-                   help="name of the --compare server in the output (default B)")
-    g.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for the a0gw the harness starts (repeatable), "
-                   "e.g. --serve-arg=--queue-limit=1048576")
-    g.add_argument("--client-cpus", metavar="LIST",
-                   help="pin the harness (load generators) and the AlephZero peers to these "
-                   "CPUs, e.g. 0 or 0-1")
-    g.add_argument("--server-cpus", metavar="LIST",
-                   help="pin the a0gw the harness starts, and the canned sender, to these CPUs")
+    g.add_argument(
+        "--url",
+        help="measure the server at this URL (http://HOST:PORT) instead "
+        "of starting a0gw",
+    )
+    g.add_argument(
+        "--root",
+        help="AlephZero root of --url's server (default $A0_ROOT or "
+        "/dev/shm/alephzero)",
+    )
+    g.add_argument(
+        "--pid", type=int, help="pid of --url's server, for CPU and memory figures"
+    )
+    g.add_argument(
+        "--label",
+        help="name of the first server in the output (default a0gw, or A with --url)",
+    )
+    g.add_argument(
+        "--compare",
+        metavar="URL2",
+        help="also measure this server, alternating A B A B, and print A/B",
+    )
+    g.add_argument(
+        "--compare-root",
+        metavar="DIR",
+        help="AlephZero root of the --compare server (default $A0_ROOT or "
+        "/dev/shm/alephzero)",
+    )
+    g.add_argument(
+        "--compare-pid", type=int, metavar="PID", help="pid of the --compare server"
+    )
+    g.add_argument(
+        "--compare-label",
+        metavar="NAME",
+        default="B",
+        help="name of the --compare server in the output (default B)",
+    )
+    g.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the a0gw the harness starts (repeatable), "
+        "e.g. --serve-arg=--queue-limit=1048576",
+    )
+    g.add_argument(
+        "--client-cpus",
+        metavar="LIST",
+        help="pin the harness (load generators) and the AlephZero peers to these "
+        "CPUs, e.g. 0 or 0-1",
+    )
+    g.add_argument(
+        "--server-cpus",
+        metavar="LIST",
+        help="pin the a0gw the harness starts, and the canned sender, to these CPUs",
+    )
     t = p.add_argument_group("run length")
-    t.add_argument("--rounds", type=int, help="measurements per case and server "
-                   "(default 1 quick, 3 full)")
-    t.add_argument("--time-scale", type=float, default=1.0, metavar="F",
-                   help="multiply every warm-up and measuring time by F")
-    t.add_argument("--fanout-rate", type=float, metavar="PKT_S",
-                   help="publish rate of the fanout scenario (default 1000)")
-    t.add_argument("--slow-mib", type=int, metavar="MIB",
-                   help="MiB published in slow_consumer (default 128 quick, 1024 full)")
-    t.add_argument("--no-ceiling", action="store_true",
-                   help="skip measuring the client's own ceiling")
+    t.add_argument(
+        "--rounds",
+        type=int,
+        help="measurements per case and server (default 1 quick, 3 full)",
+    )
+    t.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every warm-up and measuring time by F",
+    )
+    t.add_argument(
+        "--fanout-rate",
+        type=float,
+        metavar="PKT_S",
+        help="publish rate of the fanout scenario (default 1000)",
+    )
+    t.add_argument(
+        "--slow-mib",
+        type=int,
+        metavar="MIB",
+        help="MiB published in slow_consumer (default 128 quick, 1024 full)",
+    )
+    t.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip measuring the client's own ceiling",
+    )
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
@@ -84,8 +145,10 @@ def _scenarios(picked: list) -> list:
     names = [n.strip() for item in picked for n in item.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; "
-                         f"choose from {', '.join(SCENARIOS)}")
+        raise SystemExit(
+            f"unknown scenario(s): {', '.join(unknown)}; "
+            f"choose from {', '.join(SCENARIOS)}"
+        )
     return names
 
 
@@ -120,13 +183,21 @@ def main(argv: list | None = None) -> None:
     args = _parser().parse_args(argv)
     names = _scenarios(args.scenario)
     settings = Settings.make(
-        args.quick, args.time_scale, rounds=args.rounds, fanout_rate=args.fanout_rate,
+        args.quick,
+        args.time_scale,
+        rounds=args.rounds,
+        fanout_rate=args.fanout_rate,
         slow_bytes=args.slow_mib * MIB if args.slow_mib else None,
         ceiling=not args.no_ceiling,
     )
     started = datetime.datetime.now()
-    out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "out" / started.strftime("%Y%m%d-%H%M%S"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            Path(__file__).resolve().parent / "out" / started.strftime("%Y%m%d-%H%M%S")
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"{started.strftime('%H%M%S')}_{os.getpid()}"
 
@@ -142,16 +213,23 @@ def main(argv: list | None = None) -> None:
     results: dict = {"scenarios": [], "failures": []}
     try:
         if args.url:
-            targets.append(external_target(args.label or "A", args.url, args.root, args.pid))
+            targets.append(
+                external_target(args.label or "A", args.url, args.root, args.pid)
+            )
         else:
             print("starting a0gw ...", file=sys.stderr, flush=True)
-            targets.append(start_gateway(args.label or "a0gw", out, args.serve_arg, server_cpus))
+            targets.append(
+                start_gateway(args.label or "a0gw", out, args.serve_arg, server_cpus)
+            )
         if args.compare:
             label = args.compare_label
             if label == targets[0].label:
                 label += "2"
-            targets.append(external_target(label, args.compare, args.compare_root,
-                                           args.compare_pid))
+            targets.append(
+                external_target(
+                    label, args.compare, args.compare_root, args.compare_pid
+                )
+            )
         if settings.ceiling:
             canned = Canned(server_cpus)
         results["meta"] = {
@@ -171,8 +249,12 @@ def main(argv: list | None = None) -> None:
         }
         results["targets"] = [t.describe() for t in targets]
         for t in targets:
-            print(f"server {t.label}: {t.url} root {t.root}"
-                  f"{' pid ' + str(t.pid) if t.pid else ''}", file=sys.stderr, flush=True)
+            print(
+                f"server {t.label}: {t.url} root {t.root}"
+                f"{' pid ' + str(t.pid) if t.pid else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
         load = OtherLoad([t.pid for t in targets if t.proc is None and t.pid]).start()
         ctx = Ctx(settings, targets, canned, run_id, peer_log)
         t0 = time.perf_counter()
@@ -188,7 +270,9 @@ def main(argv: list | None = None) -> None:
             t.stop()
             if not t.temp_root:
                 # Only the folder of this run's topics, never anything else.
-                shutil.rmtree(os.path.join(t.root, f"bench_{run_id}"), ignore_errors=True)
+                shutil.rmtree(
+                    os.path.join(t.root, f"bench_{run_id}"), ignore_errors=True
+                )
         peer_log.close()
 
     if load is not None and "meta" in results:
@@ -197,15 +281,27 @@ def main(argv: list | None = None) -> None:
     report.write_json(results, out / "results.json")
     md = report.markdown(results)
     if results["failures"]:
-        md += "\n## Failures\n\n" + "\n".join(
-            f"- {f['scenario']}: {f['error']}" for f in results["failures"]) + "\n"
-    written, why = ([], "disabled") if args.no_plots else report.best_effort_plots(results, out)
+        md += (
+            "\n## Failures\n\n"
+            + "\n".join(f"- {f['scenario']}: {f['error']}" for f in results["failures"])
+            + "\n"
+        )
+    written, why = (
+        ([], "disabled") if args.no_plots else report.best_effort_plots(results, out)
+    )
     if written:
-        md += "\n## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in written) + "\n"
+        md += (
+            "\n## Plots\n\n"
+            + "\n".join(f"![{name}]({name})" for name in written)
+            + "\n"
+        )
     (out / "results.md").write_text(md)
     print(md)
-    print(f"results: {out / 'results.json'}, {out / 'results.md'}"
-          f"{', ' + ', '.join(written) if written else ''}"
-          f"{'' if written else f' (no plots: {why})'}", file=sys.stderr)
+    print(
+        f"results: {out / 'results.json'}, {out / 'results.md'}"
+        f"{', ' + ', '.join(written) if written else ''}"
+        f"{'' if written else f' (no plots: {why})'}",
+        file=sys.stderr,
+    )
     if results["failures"]:
         sys.exit(1)

@@ -94,7 +94,7 @@ class _Conn(asyncio.Protocol):
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17:stop if stop >= 0 else len(head)])
+                length = int(head[at + 17 : stop if stop >= 0 else len(head)])
                 self.body_end = self.head_end + length
                 self.chunked = False
             else:
@@ -111,8 +111,8 @@ class _Conn(asyncio.Protocol):
             return
         latency = time.perf_counter_ns() - self.t0
         status = int(buf[9:12])
-        body = buf[self.head_end:self.body_end]
-        self.buf = buf[self.body_end:]
+        body = buf[self.head_end : self.body_end]
+        self.buf = buf[self.body_end :]
         self.head_end = -1
         self.body_end = -1
         self.busy = False
@@ -147,7 +147,9 @@ async def run_load(
     state = _State()
     conns = []
     for _ in range(concurrency):
-        _, conn = await loop.create_connection(lambda: _Conn(state, request), host, port)
+        _, conn = await loop.create_connection(
+            lambda: _Conn(state, request), host, port
+        )
         conns.append(conn)
     for conn in conns:
         conn.send()
@@ -180,6 +182,8 @@ async def run_load(
         "first_error": state.first_error,
         "elapsed_s": elapsed,
         "rate": state.count / elapsed if elapsed > 0 else 0.0,
-        "client_cpu_pct": 100.0 * (cpu_end - cpu_start) / elapsed if elapsed > 0 else 0.0,
+        "client_cpu_pct": 100.0 * (cpu_end - cpu_start) / elapsed
+        if elapsed > 0
+        else 0.0,
         "latencies_ns": state.latencies,
     }

@@ -66,7 +66,9 @@ def stamped(stamp_ns: int, size: int) -> bytes:
 def packet_json(payload: bytes, encoding: str) -> bytes:
     """A packet as the gateway sends it on a stream (used by the canned sender)."""
     headers = json.dumps(STANDARD_HEADERS, separators=(",", ":")).encode()
-    return b'{"headers":' + headers + b',"payload":"' + encoded(payload, encoding) + b'"}'
+    return (
+        b'{"headers":' + headers + b',"payload":"' + encoded(payload, encoding) + b'"}'
+    )
 
 
 def pub_body(topic: str, payload: bytes) -> bytes:

@@ -63,8 +63,14 @@ def fill(topic: str, size: int, budget: int) -> None:
     first_seq, last_seq = _seq(first), _seq(last)
     if bytes(last.payload) != payloads.drain_payload(size, last=True):
         raise SystemExit("the newest packet of the topic is not the end marker")
-    _say({"count": last_seq - first_seq + 1, "published": count,
-          "first_seq": first_seq, "last_seq": last_seq})
+    _say(
+        {
+            "count": last_seq - first_seq + 1,
+            "published": count,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+        }
+    )
 
 
 def _commands(pub, on_go) -> None:
@@ -106,8 +112,12 @@ def rate(topic: str, per_s: float, seconds: float, size: int) -> None:
                 time.sleep(wait)
         elapsed = clock() - t0
         pub.pub(b"END")
-        return {"published": i, "elapsed_s": elapsed, "rate": i / elapsed,
-                "max_lag_ms": max_lag * 1e3}
+        return {
+            "published": i,
+            "elapsed_s": elapsed,
+            "rate": i / elapsed,
+            "max_lag_ms": max_lag * 1e3,
+        }
 
     _say("READY")
     _commands(pub, go)

@@ -112,7 +112,9 @@ def _resume(m: dict) -> str:
         return m["skipped"]
     if "messages_after_resume" not in m:
         return m.get("error") or "-"
-    text = f"{m['messages_after_resume']} msgs, END {'yes' if m['end_received'] else 'no'}"
+    text = (
+        f"{m['messages_after_resume']} msgs, END {'yes' if m['end_received'] else 'no'}"
+    )
     if m.get("close_code"):
         text += f", closed {m['close_code']}"
     return text
@@ -123,29 +125,52 @@ def _errors(m: dict) -> str:
 
 
 COLUMNS = {
-    "rest_pub": [("req/s", _f("rate", human)), ("p50 ms", _f("p50_ms", _ms)),
-                 ("p99 ms", _f("p99_ms", _ms)), ("gw µs/req", _f("gw_cpu_us_per_op", "{:.1f}".format)),
-                 ("errors", _errors)],
-    "rpc": [("req/s", _f("rate", human)), ("p50 ms", _f("p50_ms", _ms)),
-            ("p99 ms", _f("p99_ms", _ms)), ("gw µs/req", _f("gw_cpu_us_per_op", "{:.1f}".format)),
-            ("errors", _errors)],
-    "ws_drain": [("pkt/s", _f("pkt_rate", human)), ("MB/s", _f("mb_rate", "{:.1f}".format)),
-                 ("drains", _drains), ("gw µs/pkt", _f("gw_cpu_us_per_op", "{:.2f}".format))],
-    "live_latency": [("p50 ms", _f("p50_ms", _ms)), ("p99 ms", _f("p99_ms", _ms)),
-                     ("p99.9 ms", _f("p999_ms", _ms)), ("max ms", _f("max_ms", _ms)),
-                     ("received", _received)],
-    "fanout": [("delivered pkt/s", _f("delivered_rate", human)), ("delivered", _delivered),
-               ("gw µs/pkt", _f("gw_cpu_us_per_op", "{:.1f}".format)),
-               ("gw CPU %", _f("gw_cpu_pct", "{:.0f}".format))],
-    "slow_consumer": [("RSS start MB", _f("rss_start_mb", "{:.0f}".format)),
-                      ("RSS peak MB", _f("rss_peak_mb", "{:.0f}".format)),
-                      ("RSS end MB", _f("rss_end_mb", "{:.0f}".format)),
-                      ("after resume", _resume)],
+    "rest_pub": [
+        ("req/s", _f("rate", human)),
+        ("p50 ms", _f("p50_ms", _ms)),
+        ("p99 ms", _f("p99_ms", _ms)),
+        ("gw µs/req", _f("gw_cpu_us_per_op", "{:.1f}".format)),
+        ("errors", _errors),
+    ],
+    "rpc": [
+        ("req/s", _f("rate", human)),
+        ("p50 ms", _f("p50_ms", _ms)),
+        ("p99 ms", _f("p99_ms", _ms)),
+        ("gw µs/req", _f("gw_cpu_us_per_op", "{:.1f}".format)),
+        ("errors", _errors),
+    ],
+    "ws_drain": [
+        ("pkt/s", _f("pkt_rate", human)),
+        ("MB/s", _f("mb_rate", "{:.1f}".format)),
+        ("drains", _drains),
+        ("gw µs/pkt", _f("gw_cpu_us_per_op", "{:.2f}".format)),
+    ],
+    "live_latency": [
+        ("p50 ms", _f("p50_ms", _ms)),
+        ("p99 ms", _f("p99_ms", _ms)),
+        ("p99.9 ms", _f("p999_ms", _ms)),
+        ("max ms", _f("max_ms", _ms)),
+        ("received", _received),
+    ],
+    "fanout": [
+        ("delivered pkt/s", _f("delivered_rate", human)),
+        ("delivered", _delivered),
+        ("gw µs/pkt", _f("gw_cpu_us_per_op", "{:.1f}".format)),
+        ("gw CPU %", _f("gw_cpu_pct", "{:.0f}".format)),
+    ],
+    "slow_consumer": [
+        ("RSS start MB", _f("rss_start_mb", "{:.0f}".format)),
+        ("RSS peak MB", _f("rss_peak_mb", "{:.0f}".format)),
+        ("RSS end MB", _f("rss_end_mb", "{:.0f}".format)),
+        ("after resume", _resume),
+    ],
 }
 
 
 def _ref_text(ref: dict) -> tuple:
-    unit = {"rate": "req/s", "pkt_rate": "pkt/s", "mb_rate": "MB/s", "p99_ms": "ms"}[ref["metric"]]
+    unit = {"rate": "req/s", "pkt_rate": "pkt/s", "mb_rate": "MB/s", "p99_ms": "ms"}[
+        ref["metric"]
+    ]
     value = "-" if ref["reference"] is None else f"{human(ref['reference'])} {unit}"
     target = "-"
     if ref["target"] is not None:
@@ -167,35 +192,54 @@ def markdown(results: dict) -> str:
     labels = [t["label"] for t in results["targets"]]
     lines = ["# a0gw benchmark", ""]
     meta = results["meta"]
-    lines.append(f"- run: {meta['started']} ({'quick' if meta['quick'] else 'full'}, "
-                 f"{meta['rounds']} round(s) per case)")
+    lines.append(
+        f"- run: {meta['started']} ({'quick' if meta['quick'] else 'full'}, "
+        f"{meta['rounds']} round(s) per case)"
+    )
     load = meta.get("other_load") or {}
-    lines.append(f"- machine: {meta['cpus']} CPUs, load average before {meta['loadavg_before']}; "
-                 f"other processes used {load.get('other_load_pct', '?')}% of it during the run"
-                 f" (steal {load.get('steal_pct', '?')}%)")
+    lines.append(
+        f"- machine: {meta['cpus']} CPUs, "
+        f"load average before {meta['loadavg_before']}; "
+        f"other processes used {load.get('other_load_pct', '?')}% of it during the run"
+        f" (steal {load.get('steal_pct', '?')}%)"
+    )
     pp = meta.get("pingpong") or {}
     if pp:
-        text = ", ".join(f"{where.replace('_', ' ')} p50 {v['p50_us']} µs (p90 {v['p90_us']})"
-                         for where, v in pp.items())
-        lines.append(f"- round trip between two processes over pipes: {text}; a slow cross-CPU "
-                     "figure means slow wake-ups, which request/response exchanges "
-                     "(c=1, ON_ACK, rpc, live packets) pay when client and server "
-                     "run on different CPUs")
+        text = ", ".join(
+            f"{where.replace('_', ' ')} p50 {v['p50_us']} µs (p90 {v['p90_us']})"
+            for where, v in pp.items()
+        )
+        lines.append(
+            f"- round trip between two processes over pipes: {text}; a slow cross-CPU "
+            "figure means slow wake-ups, which request/response exchanges "
+            "(c=1, ON_ACK, rpc, live packets) pay when client and server "
+            "run on different CPUs"
+        )
     if meta.get("client_cpus") or meta.get("server_cpus"):
-        lines.append(f"- pinned: client CPUs {meta.get('client_cpus') or 'any'}, "
-                     f"server CPUs {meta.get('server_cpus') or 'any'}")
+        lines.append(
+            f"- pinned: client CPUs {meta.get('client_cpus') or 'any'}, "
+            f"server CPUs {meta.get('server_cpus') or 'any'}"
+        )
     if _busy(meta):
-        lines.append(f"- **the machine was busy with other work** (≥ {BUSY_PCT:g}% of it): "
-                     "figures are noisy, latency tails especially")
+        lines.append(
+            f"- **the machine was busy with other work** (≥ {BUSY_PCT:g}% of it): "
+            "figures are noisy, latency tails especially"
+        )
     for t in results["targets"]:
-        lines.append(f"- server {t['label']}: {t['url']} (root {t['root']}"
-                     f"{', ' + t['version'] if t.get('version') else ''}"
-                     f"{', started by the harness' if t['started_by_harness'] else ''})")
+        lines.append(
+            f"- server {t['label']}: {t['url']} (root {t['root']}"
+            f"{', ' + t['version'] if t.get('version') else ''}"
+            f"{', started by the harness' if t['started_by_harness'] else ''})"
+        )
     if len(labels) == 2:
-        lines.append(f"- `{labels[0]}/{labels[1]}` is the ratio of the scenario's main metric "
-                     "(median over rounds of the per-round pairs)")
-    lines.append("- `ceiling`: the same client against a trivial local sender; `vs ceiling` "
-                 f"≥ {int(NEAR_CEILING * 100)}% (marked !) means the client may be the limit")
+        lines.append(
+            f"- `{labels[0]}/{labels[1]}` is the ratio of the scenario's main metric "
+            "(median over rounds of the per-round pairs)"
+        )
+    lines.append(
+        "- `ceiling`: the same client against a trivial local sender; `vs ceiling` "
+        f"≥ {int(NEAR_CEILING * 100)}% (marked !) means the client may be the limit"
+    )
     lines.append("")
     for scen in results["scenarios"]:
         name = scen["name"]
@@ -230,8 +274,12 @@ def markdown(results: dict) -> str:
                     row.append(human(ceiling[key]))
                     a = entry["result"].get(labels[0], {}).get(key)
                     share = a / ceiling[key] if a is not None else None
-                    row.append("-" if share is None else
-                               f"{share * 100:.0f}%{' !' if share >= NEAR_CEILING else ''}")
+                    row.append(
+                        "-"
+                        if share is None
+                        else f"{share * 100:.0f}%"
+                        + (" !" if share >= NEAR_CEILING else "")
+                    )
                 else:
                     row += ["-", "-"]
             if has_ref:
@@ -289,11 +337,19 @@ def plots(results: dict, out: Path) -> list:
             xs = [e["case"]["size"] for e in rows]
             for li, label in enumerate(labels):
                 ys = [e["result"].get(label, {}).get("rate") for e in rows]
-                ax.plot(xs, ys, styles[li % 2], marker="o", color=f"C{ci}",
-                        label=f"{label} c={c}")
+                ax.plot(
+                    xs,
+                    ys,
+                    styles[li % 2],
+                    marker="o",
+                    color=f"C{ci}",
+                    label=f"{label} c={c}",
+                )
             ceil = [e.get("ceiling", {}).get("rate") for e in rows]
             if any(ceil):
-                ax.plot(xs, ceil, ":", color=f"C{ci}", alpha=0.6, label=f"ceiling c={c}")
+                ax.plot(
+                    xs, ceil, ":", color=f"C{ci}", alpha=0.6, label=f"ceiling c={c}"
+                )
         size_axis(ax, sizes)
         ax.set_yscale("log")
         ax.set_ylabel("requests/s")
@@ -305,28 +361,57 @@ def plots(results: dict, out: Path) -> list:
         scen = by_name["ws_drain"]
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
         sizes = sorted({e["case"]["size"] for e in scen["cases"]})
-        combos = sorted({(e["case"]["encoding"], e["case"]["scheduler"]) for e in scen["cases"]})
-        for ki, (metric, ylabel) in enumerate((("pkt_rate", "packets/s"),
-                                               ("mb_rate", "payload MB/s"))):
+        combos = sorted(
+            {(e["case"]["encoding"], e["case"]["scheduler"]) for e in scen["cases"]}
+        )
+        for ki, (metric, ylabel) in enumerate(
+            (("pkt_rate", "packets/s"), ("mb_rate", "payload MB/s"))
+        ):
             ax = axes[ki]
             for ci, (enc, sched) in enumerate(combos):
-                rows = sorted((e for e in scen["cases"]
-                               if e["case"]["encoding"] == enc and e["case"]["scheduler"] == sched),
-                              key=lambda e: e["case"]["size"])
+                rows = sorted(
+                    (
+                        e
+                        for e in scen["cases"]
+                        if e["case"]["encoding"] == enc
+                        and e["case"]["scheduler"] == sched
+                    ),
+                    key=lambda e: e["case"]["size"],
+                )
                 xs = [e["case"]["size"] for e in rows]
                 for li, label in enumerate(labels):
                     ys = [e["result"].get(label, {}).get(metric) for e in rows]
-                    ax.plot(xs, ys, styles[li % 2], marker="o", color=f"C{ci}",
-                            label=f"{label} {enc} {sched}")
-            for enc, mode, sched, style in (("none", "stream", "IMMEDIATE", ":"),
-                                            ("none", "ack", "ON_ACK", "-.")):
-                rows = sorted((e for e in scen["cases"] if e["case"]["encoding"] == enc
-                               and e["case"]["scheduler"] == sched and "ceiling" in e),
-                              key=lambda e: e["case"]["size"])
+                    ax.plot(
+                        xs,
+                        ys,
+                        styles[li % 2],
+                        marker="o",
+                        color=f"C{ci}",
+                        label=f"{label} {enc} {sched}",
+                    )
+            for enc, mode, sched, style in (
+                ("none", "stream", "IMMEDIATE", ":"),
+                ("none", "ack", "ON_ACK", "-."),
+            ):
+                rows = sorted(
+                    (
+                        e
+                        for e in scen["cases"]
+                        if e["case"]["encoding"] == enc
+                        and e["case"]["scheduler"] == sched
+                        and "ceiling" in e
+                    ),
+                    key=lambda e: e["case"]["size"],
+                )
                 if rows:
-                    ax.plot([e["case"]["size"] for e in rows],
-                            [e["ceiling"].get(metric) for e in rows], style, color="gray",
-                            marker="x", label=f"ceiling none {mode}")
+                    ax.plot(
+                        [e["case"]["size"] for e in rows],
+                        [e["ceiling"].get(metric) for e in rows],
+                        style,
+                        color="gray",
+                        marker="x",
+                        label=f"ceiling none {mode}",
+                    )
             size_axis(ax, sizes)
             ax.set_yscale("log")
             ax.set_ylabel(ylabel)
@@ -337,8 +422,9 @@ def plots(results: dict, out: Path) -> list:
 
     lat_scens = [n for n in ("live_latency", "rest_pub", "rpc") if n in by_name]
     if lat_scens:
-        fig, axes = plt.subplots(1, len(lat_scens), figsize=(6 * len(lat_scens), 4.5),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(lat_scens), figsize=(6 * len(lat_scens), 4.5), squeeze=False
+        )
         for ax, name in zip(axes[0], lat_scens):
             scen = by_name[name]
             for ci, entry in enumerate(scen["cases"]):
@@ -352,13 +438,25 @@ def plots(results: dict, out: Path) -> list:
                     n = len(values)
                     # Complementary CDF: the share of samples slower than x,
                     # so p99 and p99.9 show as 1e-2 and 1e-3.
-                    idx = sorted(set(
-                        [min(n - 1, int(n * (1 - 10 ** (-k / 50)))) for k in range(301)]
-                        + list(range(max(0, n - 50), n))))
+                    idx = sorted(
+                        set(
+                            [
+                                min(n - 1, int(n * (1 - 10 ** (-k / 50))))
+                                for k in range(301)
+                            ]
+                            + list(range(max(0, n - 50), n))
+                        )
+                    )
                     xs = [values[i] for i in idx]
                     ys = [(n - i) / n for i in idx]
-                    ax.plot(xs, ys, styles[li % 2], color=f"C{ci}", drawstyle="steps-post",
-                            label=f"{label} {entry['name']}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        styles[li % 2],
+                        color=f"C{ci}",
+                        drawstyle="steps-post",
+                        label=f"{label} {entry['name']}",
+                    )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("latency (ms)")
@@ -373,12 +471,33 @@ def plots(results: dict, out: Path) -> list:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         xs = [e["case"]["subscribers"] for e in scen["cases"]]
         for li, label in enumerate(labels):
-            axes[0].plot(xs, [e["result"].get(label, {}).get("delivered_rate") for e in scen["cases"]],
-                         styles[li % 2], marker="o", label=f"{label} delivered")
-            axes[1].plot(xs, [e["result"].get(label, {}).get("gw_cpu_us_per_op")
-                              for e in scen["cases"]], styles[li % 2], marker="o", label=label)
-        axes[0].plot(xs, [e["case"]["rate"] * e["case"]["subscribers"] for e in scen["cases"]],
-                     ":", color="gray", label="published x subscribers")
+            axes[0].plot(
+                xs,
+                [
+                    e["result"].get(label, {}).get("delivered_rate")
+                    for e in scen["cases"]
+                ],
+                styles[li % 2],
+                marker="o",
+                label=f"{label} delivered",
+            )
+            axes[1].plot(
+                xs,
+                [
+                    e["result"].get(label, {}).get("gw_cpu_us_per_op")
+                    for e in scen["cases"]
+                ],
+                styles[li % 2],
+                marker="o",
+                label=label,
+            )
+        axes[0].plot(
+            xs,
+            [e["case"]["rate"] * e["case"]["subscribers"] for e in scen["cases"]],
+            ":",
+            color="gray",
+            label="published x subscribers",
+        )
         for ax in axes:
             ax.set_xscale("log")
             ax.set_xlabel("subscribers")
@@ -399,13 +518,27 @@ def plots(results: dict, out: Path) -> list:
             for li, label in enumerate(labels):
                 samples = entry["result"].get(label, {}).get("_samples")
                 if samples:
-                    ax.plot([t for t, _ in samples], [r / 1e6 for _, r in samples],
-                            styles[li % 2], color=f"C{ci}", label=f"{label} {entry['name']}")
+                    ax.plot(
+                        [t for t, _ in samples],
+                        [r / 1e6 for _, r in samples],
+                        styles[li % 2],
+                        color=f"C{ci}",
+                        label=f"{label} {entry['name']}",
+                    )
                     events = entry["result"][label].get("events_s") or {}
-                    for ei, (event, at) in enumerate(sorted(events.items(), key=lambda x: x[1])):
+                    for ei, (event, at) in enumerate(
+                        sorted(events.items(), key=lambda x: x[1])
+                    ):
                         ax.axvline(at, color=f"C{ci}", alpha=0.35, linestyle=":")
-                        ax.annotate(event, (at, 0.02 + 0.06 * ei), xycoords=("data", "axes fraction"),
-                                    fontsize=7, color=f"C{ci}", rotation=90, ha="right")
+                        ax.annotate(
+                            event,
+                            (at, 0.02 + 0.06 * ei),
+                            xycoords=("data", "axes fraction"),
+                            fontsize=7,
+                            color=f"C{ci}",
+                            rotation=90,
+                            ha="right",
+                        )
                     drawn = True
         if drawn:
             ax.set_xlabel("seconds")
@@ -423,13 +556,21 @@ def plots(results: dict, out: Path) -> list:
         names = [e["name"] for e in scen["cases"]]
         width = 0.8 / (len(labels) + 1)
         for li, label in enumerate(labels):
-            ax.bar([i + li * width for i in range(len(names))],
-                   [e["result"].get(label, {}).get("rate") or 0 for e in scen["cases"]],
-                   width, label=label)
+            ax.bar(
+                [i + li * width for i in range(len(names))],
+                [e["result"].get(label, {}).get("rate") or 0 for e in scen["cases"]],
+                width,
+                label=label,
+            )
         ceil = [e.get("ceiling", {}).get("rate") or 0 for e in scen["cases"]]
         if any(ceil):
-            ax.bar([i + len(labels) * width for i in range(len(names))], ceil, width,
-                   color="lightgray", label="ceiling")
+            ax.bar(
+                [i + len(labels) * width for i in range(len(names))],
+                ceil,
+                width,
+                color="lightgray",
+                label="ceiling",
+            )
         ax.set_xticks([i + width * len(labels) / 2 for i in range(len(names))])
         ax.set_xticklabels(names)
         ax.set_yscale("log")

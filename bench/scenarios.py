@@ -30,23 +30,39 @@ END_MARKER = b'"END"'
 class Settings:
     quick: bool
     rounds: int
-    warmup_s: float         # rest_pub, rpc: unmeasured warm-up per case
-    duration_s: float       # rest_pub, rpc: measured window per case
-    drain_s: float          # ws_drain: measured drain time per case
-    latency_s: float        # live_latency: publishing time per case
-    fanout_s: float         # fanout: publishing time per case
-    fanout_rate: float      # fanout: packets/s published
-    slow_bytes: int         # slow_consumer: bytes published while the client stalls
+    warmup_s: float  # rest_pub, rpc: unmeasured warm-up per case
+    duration_s: float  # rest_pub, rpc: measured window per case
+    drain_s: float  # ws_drain: measured drain time per case
+    latency_s: float  # live_latency: publishing time per case
+    fanout_s: float  # fanout: publishing time per case
+    fanout_rate: float  # fanout: packets/s published
+    slow_bytes: int  # slow_consumer: bytes published while the client stalls
     ceiling: bool
 
     @classmethod
     def make(cls, quick: bool, scale: float = 1.0, **over) -> Settings:
         if quick:
-            base = {'rounds': 1, 'warmup_s': 0.2, 'duration_s': 1.0, 'drain_s': 0.4, 'latency_s': 1.5,
-                        'fanout_s': 1.5, 'fanout_rate': 1000.0, 'slow_bytes': 128 * MIB}
+            base = {
+                "rounds": 1,
+                "warmup_s": 0.2,
+                "duration_s": 1.0,
+                "drain_s": 0.4,
+                "latency_s": 1.5,
+                "fanout_s": 1.5,
+                "fanout_rate": 1000.0,
+                "slow_bytes": 128 * MIB,
+            }
         else:
-            base = {'rounds': 3, 'warmup_s': 1.0, 'duration_s': 5.0, 'drain_s': 3.0, 'latency_s': 10.0,
-                        'fanout_s': 5.0, 'fanout_rate': 1000.0, 'slow_bytes': 1024 * MIB}
+            base = {
+                "rounds": 3,
+                "warmup_s": 1.0,
+                "duration_s": 5.0,
+                "drain_s": 3.0,
+                "latency_s": 10.0,
+                "fanout_s": 5.0,
+                "fanout_rate": 1000.0,
+                "slow_bytes": 1024 * MIB,
+            }
         for key in ("warmup_s", "duration_s", "drain_s", "latency_s", "fanout_s"):
             base[key] *= scale
         base.update({k: v for k, v in over.items() if v is not None})
@@ -57,8 +73,14 @@ class Settings:
 class Ctx:
     """What every scenario needs: settings, servers, the ceiling sender, output."""
 
-    def __init__(self, settings: Settings, targets: list, canned: Canned | None,
-                 run_id: str, peer_log: IO[bytes]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        targets: list,
+        canned: Canned | None,
+        run_id: str,
+        peer_log: IO[bytes],
+    ) -> None:
         self.s = settings
         self.targets = targets
         self.canned = canned
@@ -70,7 +92,11 @@ class Ctx:
         return f"bench_{self.run_id}/t{self.targets.index(target)}/{name}"
 
     def say(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - self.t0:6.1f}s] {text}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # Formatting
@@ -81,7 +107,7 @@ def human(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "-"
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")):
-        if abs(value) >= scale * (1 - 0.5 * 10 ** -digits) or scale == 1.0:
+        if abs(value) >= scale * (1 - 0.5 * 10**-digits) or scale == 1.0:
             text = f"{value / scale:.{digits}g}"
             if "e" in text:
                 text = f"{value / scale:.0f}"
@@ -107,7 +133,7 @@ def ms(value: float | None) -> str:
 class Scenario:
     name = ""
     title = ""
-    primary = "rate"           # the metric compared between servers
+    primary = "rate"  # the metric compared between servers
     higher_is_better = True
     unit = ""
 
@@ -147,8 +173,10 @@ async def run_scenario(ctx: Ctx, scen: Scenario) -> dict:
     targets = ctx.targets
     with_ceiling = ctx.s.ceiling and ctx.canned is not None
     steps = len(cases) * ctx.s.rounds * len(targets)
-    ctx.say(f"{scen.name}: {len(cases)} cases x {ctx.s.rounds} round(s) x "
-            f"{len(targets)} server(s){' + ceiling' if with_ceiling else ''}")
+    ctx.say(
+        f"{scen.name}: {len(cases)} cases x {ctx.s.rounds} round(s) x "
+        f"{len(targets)} server(s){' + ceiling' if with_ceiling else ''}"
+    )
     entries = []
     step = 0
     ready = []
@@ -163,25 +191,33 @@ async def run_scenario(ctx: Ctx, scen: Scenario) -> dict:
                 pair = []
                 for target in targets:
                     if not target.alive():
-                        raise RuntimeError(f"server {target.label} exited (see {target.log_path})")
+                        raise RuntimeError(
+                            f"server {target.label} exited (see {target.log_path})"
+                        )
                     m = await scen.run(ctx, target, case)
                     runs[target.label].append(m)
                     pair.append(m.get(scen.primary))
                     step += 1
-                    ctx.say(f"[{scen.name} {step}/{steps}] {target.label} "
-                            f"{scen.case_name(case)}: {scen.fmt(m)}")
+                    ctx.say(
+                        f"[{scen.name} {step}/{steps}] {target.label} "
+                        f"{scen.case_name(case)}: {scen.fmt(m)}"
+                    )
                 if len(pair) == 2:
                     a, b = pair
                     ratio = a / b if a is not None and b else None
                     ratios.append(ratio)
-                    ctx.say(f"[{scen.name}] {scen.case_name(case)}: "
-                            f"{targets[0].label}/{targets[1].label} = "
-                            f"{'-' if ratio is None else f'{ratio:.2f}'} ({scen.primary})")
+                    ctx.say(
+                        f"[{scen.name}] {scen.case_name(case)}: "
+                        f"{targets[0].label}/{targets[1].label} = "
+                        f"{'-' if ratio is None else f'{ratio:.2f}'} ({scen.primary})"
+                    )
             entry = {
                 "case": case,
                 "name": scen.case_name(case),
                 "runs": runs,
-                "result": {label: _median_run(r, scen.primary) for label, r in runs.items()},
+                "result": {
+                    label: _median_run(r, scen.primary) for label, r in runs.items()
+                },
             }
             if ratios:
                 valid = sorted(r for r in ratios if r is not None)
@@ -191,7 +227,10 @@ async def run_scenario(ctx: Ctx, scen: Scenario) -> dict:
                 ceiling = await scen.ceiling(ctx, case)
                 if ceiling is not None:
                     entry["ceiling"] = ceiling
-                    ctx.say(f"[{scen.name}] ceiling {scen.case_name(case)}: {scen.fmt(ceiling)}")
+                    ctx.say(
+                        f"[{scen.name}] ceiling {scen.case_name(case)}: "
+                        f"{scen.fmt(ceiling)}"
+                    )
             entries.append(entry)
     finally:
         for target in ready:
@@ -209,11 +248,25 @@ async def run_scenario(ctx: Ctx, scen: Scenario) -> dict:
 # REST
 
 
-async def http_case(ctx: Ctx, host: str, port: int, pid: int | None, path: str,
-                    body: bytes, concurrency: int) -> dict:
+async def http_case(
+    ctx: Ctx,
+    host: str,
+    port: int,
+    pid: int | None,
+    path: str,
+    body: bytes,
+    concurrency: int,
+) -> dict:
     meter = ProcessMeter(pid)
-    r = await run_load(host, port, post_request(host, port, path, body), concurrency,
-                       ctx.s.warmup_s, ctx.s.duration_s, meter=meter)
+    r = await run_load(
+        host,
+        port,
+        post_request(host, port, path, body),
+        concurrency,
+        ctx.s.warmup_s,
+        ctx.s.duration_s,
+        meter=meter,
+    )
     lat = r.pop("latencies_ns")
     m = {k: v for k, v in r.items()}
     m.update(latency_summary(lat))
@@ -223,7 +276,10 @@ async def http_case(ctx: Ctx, host: str, port: int, pid: int | None, path: str,
 
 
 def _fmt_http(m: dict, unit: str) -> str:
-    text = f"{human(m.get('rate'))} {unit}, p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))}"
+    text = (
+        f"{human(m.get('rate'))} {unit}, "
+        f"p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))}"
+    )
     if m.get("gw_cpu_us_per_op") is not None:
         text += f", gateway {m['gw_cpu_us_per_op']:.1f} µs CPU/req"
     if m.get("errors"):
@@ -237,7 +293,9 @@ class RestPub(Scenario):
     unit = "req/s"
 
     def cases(self, ctx: Ctx) -> list:
-        return [{"size": s, "concurrency": c} for s in (64, 64 * 1024) for c in (1, 16, 64)]
+        return [
+            {"size": s, "concurrency": c} for s in (64, 64 * 1024) for c in (1, 16, 64)
+        ]
 
     def case_name(self, case: dict) -> str:
         return f"{size_name(case['size'])} c={case['concurrency']}"
@@ -248,14 +306,28 @@ class RestPub(Scenario):
 
     async def run(self, ctx: Ctx, target: Target, case: dict) -> dict:
         body = self._body(ctx.topic(target, f"pub{case['size']}"), case)
-        return await http_case(ctx, target.host, target.port, target.pid, "/api/pub", body,
-                               case["concurrency"])
+        return await http_case(
+            ctx,
+            target.host,
+            target.port,
+            target.pid,
+            "/api/pub",
+            body,
+            case["concurrency"],
+        )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
         body = self._body("bench/ceiling", case)
-        return await http_case(ctx, ctx.canned.host, ctx.canned.port, None, "/api/pub", body,
-                               case["concurrency"])
+        return await http_case(
+            ctx,
+            ctx.canned.host,
+            ctx.canned.port,
+            None,
+            "/api/pub",
+            body,
+            case["concurrency"],
+        )
 
     def fmt(self, m: dict) -> str:
         return _fmt_http(m, self.unit)
@@ -276,7 +348,9 @@ class Rpc(Scenario):
         return f"{size_name(case['size'])} c={case['concurrency']}"
 
     async def setup(self, ctx: Ctx, target: Target) -> None:
-        peer = await Peer.start(target.root, ctx.peer_log, "rpc", ctx.topic(target, "rpc"))
+        peer = await Peer.start(
+            target.root, ctx.peer_log, "rpc", ctx.topic(target, "rpc")
+        )
         if await peer.line() != "READY":
             raise RuntimeError("the RPC server peer did not start")
         self.peers[target.label] = peer
@@ -288,14 +362,28 @@ class Rpc(Scenario):
 
     async def run(self, ctx: Ctx, target: Target, case: dict) -> dict:
         body = payloads.pub_body(ctx.topic(target, "rpc"), payloads.text(case["size"]))
-        return await http_case(ctx, target.host, target.port, target.pid, "/api/rpc", body,
-                               case["concurrency"])
+        return await http_case(
+            ctx,
+            target.host,
+            target.port,
+            target.pid,
+            "/api/rpc",
+            body,
+            case["concurrency"],
+        )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
         body = payloads.pub_body("bench/ceiling", payloads.text(case["size"]))
-        return await http_case(ctx, ctx.canned.host, ctx.canned.port, None, "/api/rpc", body,
-                               case["concurrency"])
+        return await http_case(
+            ctx,
+            ctx.canned.host,
+            ctx.canned.port,
+            None,
+            "/api/rpc",
+            body,
+            case["concurrency"],
+        )
 
     def fmt(self, m: dict) -> str:
         return _fmt_http(m, self.unit)
@@ -326,9 +414,18 @@ def _check_first(message: bytes | None, size: int, encoding: str) -> bool | None
         return False
 
 
-async def drain(ctx: Ctx, host: str, port: int, pid: int | None, handshake: bytes,
-                size: int, encoding: str, scheduler: str, expected: int,
-                budget: float | None = None) -> dict:
+async def drain(
+    ctx: Ctx,
+    host: str,
+    port: int,
+    pid: int | None,
+    handshake: bytes,
+    size: int,
+    encoding: str,
+    scheduler: str,
+    expected: int,
+    budget: float | None = None,
+) -> dict:
     """Drains a pre-filled topic repeatedly for a time budget (default the case's)."""
     budget = budget or ctx.s.drain_s
     marker = payloads.end_marker(size, encoding)
@@ -344,7 +441,12 @@ async def drain(ctx: Ctx, host: str, port: int, pid: int | None, handshake: byte
     while True:
         left = max(budget - spent, 0.05)
         client = await WsClient.connect(
-            host, port, "/wsapi/sub", handshake, ack=scheduler == "ON_ACK", marker=marker,
+            host,
+            port,
+            "/wsapi/sub",
+            handshake,
+            ack=scheduler == "ON_ACK",
+            marker=marker,
             deadline=time.perf_counter() + left,
         )
         seen = -1
@@ -361,11 +463,19 @@ async def drain(ctx: Ctx, host: str, port: int, pid: int | None, handshake: byte
             complete += 1
             dropped += expected - client.messages
         if client.close_code not in (None, 1000) or client.error:
-            errors.append(f"{client.close_code or ''} {client.close_reason or client.error}".strip())
+            errors.append(
+                f"{client.close_code or ''} "
+                f"{client.close_reason or client.error}".strip()
+            )
         if valid is None:
             valid = _check_first(client.first_message, size, encoding)
-        if (spent >= budget or client.deadline_hit or reps >= DRAIN_MAX_REPS
-                or not client.messages or time.perf_counter() > wall_end):
+        if (
+            spent >= budget
+            or client.deadline_hit
+            or reps >= DRAIN_MAX_REPS
+            or not client.messages
+            or time.perf_counter() > wall_end
+        ):
             break
     meter.stop()
     m = {
@@ -398,9 +508,12 @@ class WsDrain(Scenario):
         self.ceilings: dict = {}
 
     def cases(self, ctx: Ctx) -> list:
-        return [{"size": s, "encoding": e, "scheduler": k}
-                for s in self.SIZES for e in ("none", "base64")
-                for k in ("IMMEDIATE", "ON_DRAIN", "ON_ACK")]
+        return [
+            {"size": s, "encoding": e, "scheduler": k}
+            for s in self.SIZES
+            for e in ("none", "base64")
+            for k in ("IMMEDIATE", "ON_DRAIN", "ON_ACK")
+        ]
 
     def case_name(self, case: dict) -> str:
         return f"{size_name(case['size'])} {case['encoding']} {case['scheduler']}"
@@ -408,22 +521,42 @@ class WsDrain(Scenario):
     async def setup(self, ctx: Ctx, target: Target) -> None:
         for size in self.SIZES:
             topic = ctx.topic(target, f"drain{size}")
-            out = json.loads(await run_peer(target.root, ctx.peer_log, "fill", topic,
-                                            str(size), str(FILL_BYTES)))
+            out = json.loads(
+                await run_peer(
+                    target.root, ctx.peer_log, "fill", topic, str(size), str(FILL_BYTES)
+                )
+            )
             self.filled[(target.label, size)] = out
-            ctx.say(f"[{self.name}] {target.label}: {out['count']} packets of "
-                    f"{size_name(size)} in {topic}")
+            ctx.say(
+                f"[{self.name}] {target.label}: {out['count']} packets of "
+                f"{size_name(size)} in {topic}"
+            )
 
     def _handshake(self, topic: str, case: dict, **extra: object) -> bytes:
-        return json.dumps({"topic": topic, "init": "OLDEST", "scheduler": case["scheduler"],
-                           "response_encoding": case["encoding"], **extra}).encode()
+        return json.dumps(
+            {
+                "topic": topic,
+                "init": "OLDEST",
+                "scheduler": case["scheduler"],
+                "response_encoding": case["encoding"],
+                **extra,
+            }
+        ).encode()
 
     async def run(self, ctx: Ctx, target: Target, case: dict) -> dict:
         topic = ctx.topic(target, f"drain{case['size']}")
         expected = self.filled[(target.label, case["size"])]["count"]
-        return await drain(ctx, target.host, target.port, target.pid,
-                           self._handshake(topic, case), case["size"], case["encoding"],
-                           case["scheduler"], expected)
+        return await drain(
+            ctx,
+            target.host,
+            target.port,
+            target.pid,
+            self._handshake(topic, case),
+            case["size"],
+            case["encoding"],
+            case["scheduler"],
+            expected,
+        )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
         assert ctx.canned is not None
@@ -433,17 +566,29 @@ class WsDrain(Scenario):
         key = (case["size"], case["encoding"], mode)
         if key not in self.ceilings:
             expected = self.filled[(ctx.targets[0].label, case["size"])]["count"]
-            hs = self._handshake("bench/ceiling", case, bench_count=expected,
-                                 bench_size=case["size"])
+            hs = self._handshake(
+                "bench/ceiling", case, bench_count=expected, bench_size=case["size"]
+            )
             # Short drains are noisy; the ceiling gets at least a second.
-            self.ceilings[key] = await drain(ctx, ctx.canned.host, ctx.canned.port, None, hs,
-                                             case["size"], case["encoding"], case["scheduler"],
-                                             expected, budget=max(ctx.s.drain_s, 1.0))
+            self.ceilings[key] = await drain(
+                ctx,
+                ctx.canned.host,
+                ctx.canned.port,
+                None,
+                hs,
+                case["size"],
+                case["encoding"],
+                case["scheduler"],
+                expected,
+                budget=max(ctx.s.drain_s, 1.0),
+            )
         return self.ceilings[key]
 
     def fmt(self, m: dict) -> str:
-        text = (f"{human(m['pkt_rate'])} pkt/s, {m['mb_rate']:.1f} MB/s payload "
-                f"({m['complete_drains']}/{m['drains']} drains complete")
+        text = (
+            f"{human(m['pkt_rate'])} pkt/s, {m['mb_rate']:.1f} MB/s payload "
+            f"({m['complete_drains']}/{m['drains']} drains complete"
+        )
         if m.get("dropped"):
             text += f", {m['dropped']} dropped"
         text += ")"
@@ -466,7 +611,7 @@ def _stamp_reader(latencies: list, flags: dict):
         for msg in msgs:
             # The payload string follows the last "payload" key (spaces allowed).
             at = msg.find(b'"', msg.rfind(b'"payload"') + 9) + 1
-            head = msg[at:at + digits]
+            head = msg[at : at + digits]
             if head[:1].isdigit():
                 latencies.append(now_ns - int(head))
             elif head.startswith(b"WARM"):
@@ -496,8 +641,11 @@ class LiveLatency(Scenario):
     unit = "ms (p99)"
 
     def cases(self, ctx: Ctx) -> list:
-        return [{"rate": r, "scheduler": s} for r in (1000, 10_000)
-                for s in ("ON_DRAIN", "IMMEDIATE")]
+        return [
+            {"rate": r, "scheduler": s}
+            for r in (1000, 10_000)
+            for s in ("ON_DRAIN", "IMMEDIATE")
+        ]
 
     def case_name(self, case: dict) -> str:
         return f"{human(case['rate'])}/s {case['scheduler']}"
@@ -505,19 +653,32 @@ class LiveLatency(Scenario):
     async def run(self, ctx: Ctx, target: Target, case: dict) -> dict:
         topic = ctx.topic(target, f"live{case['rate']}{case['scheduler']}")
         seconds = ctx.s.latency_s
-        peer = await Peer.start(target.root, ctx.peer_log, "rate", topic, str(case["rate"]),
-                                str(seconds), "64")
+        peer = await Peer.start(
+            target.root,
+            ctx.peer_log,
+            "rate",
+            topic,
+            str(case["rate"]),
+            str(seconds),
+            "64",
+        )
         latencies: list = []
         flags: dict = {}
         client = None
         try:
             if await peer.line() != "READY":
                 raise RuntimeError("the publisher peer did not start")
-            hs = json.dumps({"topic": topic, "init": "AWAIT_NEW",
-                             "scheduler": case["scheduler"]}).encode()
-            client = await WsClient.connect(target.host, target.port, "/wsapi/sub", hs,
-                                            marker=END_MARKER,
-                                            on_messages=_stamp_reader(latencies, flags))
+            hs = json.dumps(
+                {"topic": topic, "init": "AWAIT_NEW", "scheduler": case["scheduler"]}
+            ).encode()
+            client = await WsClient.connect(
+                target.host,
+                target.port,
+                "/wsapi/sub",
+                hs,
+                marker=END_MARKER,
+                on_messages=_stamp_reader(latencies, flags),
+            )
             if not await _warm(peer, [client]):
                 return {"error": "no packet reached the subscriber during warm-up"}
             await asyncio.sleep(0.05)
@@ -532,15 +693,19 @@ class LiveLatency(Scenario):
                 pass
             meter.stop()
             m = latency_summary(latencies)
-            m.update({
-                "published": pub["published"],
-                "received": len(latencies),
-                "lost": pub["published"] - len(latencies),
-                "publish_rate": pub["rate"],
-                "publisher_max_lag_ms": pub["max_lag_ms"],
-                "client_cpu_pct": cpu.stop(),
-                "error": client.error if client.error and not flags.get("end") else None,
-            })
+            m.update(
+                {
+                    "published": pub["published"],
+                    "received": len(latencies),
+                    "lost": pub["published"] - len(latencies),
+                    "publish_rate": pub["rate"],
+                    "publisher_max_lag_ms": pub["max_lag_ms"],
+                    "client_cpu_pct": cpu.stop(),
+                    "error": client.error
+                    if client.error and not flags.get("end")
+                    else None,
+                }
+            )
             m.update(meter.figures(len(latencies)))
             m["_lat"] = list(latencies)
             return m
@@ -552,10 +717,12 @@ class LiveLatency(Scenario):
     def fmt(self, m: dict) -> str:
         if m.get("error") and not m.get("samples"):
             return f"ERROR {m['error']}"
-        text = (f"p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))}, "
-                f"p99.9 {ms(m.get('p999_ms'))}, max {ms(m.get('max_ms'))} "
-                f"({m['received']}/{m['published']} received, "
-                f"published at {human(m['publish_rate'])}/s)")
+        text = (
+            f"p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))}, "
+            f"p99.9 {ms(m.get('p999_ms'))}, max {ms(m.get('max_ms'))} "
+            f"({m['received']}/{m['published']} received, "
+            f"published at {human(m['publish_rate'])}/s)"
+        )
         return text
 
 
@@ -575,16 +742,34 @@ class Fanout(Scenario):
         n = case["subscribers"]
         topic = ctx.topic(target, f"fanout{n}")
         seconds = ctx.s.fanout_s
-        peer = await Peer.start(target.root, ctx.peer_log, "rate", topic, str(case["rate"]),
-                                str(seconds), "64")
+        peer = await Peer.start(
+            target.root,
+            ctx.peer_log,
+            "rate",
+            topic,
+            str(case["rate"]),
+            str(seconds),
+            "64",
+        )
         clients: list = []
         try:
             if await peer.line() != "READY":
                 raise RuntimeError("the publisher peer did not start")
             hs = json.dumps({"topic": topic, "init": "AWAIT_NEW"}).encode()
-            clients = list(await asyncio.gather(*(
-                WsClient.connect(target.host, target.port, "/wsapi/sub", hs, marker=END_MARKER)
-                for _ in range(n))))
+            clients = list(
+                await asyncio.gather(
+                    *(
+                        WsClient.connect(
+                            target.host,
+                            target.port,
+                            "/wsapi/sub",
+                            hs,
+                            marker=END_MARKER,
+                        )
+                        for _ in range(n)
+                    )
+                )
+            )
             if not await _warm(peer, clients):
                 return {"error": "not every subscriber got a packet during warm-up"}
             await asyncio.sleep(0.2)
@@ -598,8 +783,9 @@ class Fanout(Scenario):
             if pending:
                 await asyncio.wait(pending, timeout=max(5.0, seconds))
             meter.stop()
-            delivered = sum(c.messages - b - (1 if c.end_seen else 0)
-                            for c, b in zip(clients, base))
+            delivered = sum(
+                c.messages - b - (1 if c.end_seen else 0) for c, b in zip(clients, base)
+            )
             t_end = max(c.t_last for c in clients)
             span = t_end - t_go
             m = {
@@ -621,11 +807,15 @@ class Fanout(Scenario):
     def fmt(self, m: dict) -> str:
         if "delivered_rate" not in m:
             return f"ERROR {m.get('error')}"
-        text = (f"{human(m['delivered_rate'])} pkt/s delivered ({m['delivered']}/"
-                f"{m['expected']}, {m['complete_subscribers']} subscribers complete)")
+        text = (
+            f"{human(m['delivered_rate'])} pkt/s delivered ({m['delivered']}/"
+            f"{m['expected']}, {m['complete_subscribers']} subscribers complete)"
+        )
         if m.get("gw_cpu_us_per_op") is not None:
-            text += (f", gateway {m['gw_cpu_us_per_op']:.1f} µs CPU/pkt "
-                     f"({m['gw_cpu_pct']:.0f}% of a core)")
+            text += (
+                f", gateway {m['gw_cpu_us_per_op']:.1f} µs CPU/pkt "
+                f"({m['gw_cpu_pct']:.0f}% of a core)"
+            )
         return text
 
 
@@ -634,14 +824,20 @@ class Fanout(Scenario):
 
 class SlowConsumer(Scenario):
     name = "slow_consumer"
-    title = "Slow consumer: gateway memory while a subscriber stops reading (64 KiB packets)"
+    title = (
+        "Slow consumer: gateway memory while a subscriber stops reading "
+        "(64 KiB packets)"
+    )
     primary = "rss_peak_mb"
     higher_is_better = False
     unit = "MB peak RSS"
     SAMPLE_S = 0.02
 
     def cases(self, ctx: Ctx) -> list:
-        return [{"scheduler": s, "mb": ctx.s.slow_bytes // MIB} for s in ("ON_DRAIN", "IMMEDIATE")]
+        return [
+            {"scheduler": s, "mb": ctx.s.slow_bytes // MIB}
+            for s in ("ON_DRAIN", "IMMEDIATE")
+        ]
 
     def case_name(self, case: dict) -> str:
         return f"{case['scheduler']} {case['mb']} MiB"
@@ -651,8 +847,14 @@ class SlowConsumer(Scenario):
         if meter.rss() is None:
             return {"skipped": "needs the gateway's pid (--pid) and psutil"}
         topic = ctx.topic(target, f"slow{case['scheduler']}")
-        peer = await Peer.start(target.root, ctx.peer_log, "flood", topic, str(64 * 1024),
-                                str(ctx.s.slow_bytes))
+        peer = await Peer.start(
+            target.root,
+            ctx.peer_log,
+            "flood",
+            topic,
+            str(64 * 1024),
+            str(ctx.s.slow_bytes),
+        )
         client = None
         samples: list = []
         stop = asyncio.Event()
@@ -673,10 +875,12 @@ class SlowConsumer(Scenario):
         try:
             if await peer.line() != "READY":
                 raise RuntimeError("the publisher peer did not start")
-            hs = json.dumps({"topic": topic, "init": "AWAIT_NEW",
-                             "scheduler": case["scheduler"]}).encode()
-            client = await WsClient.connect(target.host, target.port, "/wsapi/sub", hs,
-                                            marker=END_MARKER)
+            hs = json.dumps(
+                {"topic": topic, "init": "AWAIT_NEW", "scheduler": case["scheduler"]}
+            ).encode()
+            client = await WsClient.connect(
+                target.host, target.port, "/wsapi/sub", hs, marker=END_MARKER
+            )
             if not await _warm(peer, [client]):
                 return {"error": "no packet reached the subscriber during warm-up"}
             client.pause()
@@ -733,10 +937,12 @@ class SlowConsumer(Scenario):
             return f"skipped: {m['skipped']}"
         if "rss_peak_mb" not in m:
             return f"ERROR {m.get('error')}"
-        text = (f"RSS {m['rss_start_mb']:.0f} -> peak {m['rss_peak_mb']:.0f} MB "
-                f"(+{m['rss_growth_mb']:.1f}), {m['published_mb']:.0f} MB published in "
-                f"{m['publish_s']:.2f} s; after resume {m['messages_after_resume']} msgs, "
-                f"END {'received' if m['end_received'] else 'not received'}")
+        text = (
+            f"RSS {m['rss_start_mb']:.0f} -> peak {m['rss_peak_mb']:.0f} MB "
+            f"(+{m['rss_growth_mb']:.1f}), {m['published_mb']:.0f} MB published in "
+            f"{m['publish_s']:.2f} s; after resume {m['messages_after_resume']} msgs, "
+            f"END {'received' if m['end_received'] else 'not received'}"
+        )
         if m.get("close_code"):
             text += f", closed {m['close_code']}"
         return text

@@ -49,17 +49,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
     end = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+            raise RuntimeError(
+                f"server exited with status {proc.returncode} before listening"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             if time.monotonic() > end:
-                raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:g} s") from None
+                raise RuntimeError(
+                    f"nothing listens on {host}:{port} after {timeout:g} s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -115,11 +121,14 @@ def parse_url(url: str) -> tuple:
 
 def external_target(label: str, url: str, root: str | None, pid: int | None) -> Target:
     host, port = parse_url(url)
-    return Target(label, host, port, root or os.environ.get("A0_ROOT") or DEFAULT_ROOT, pid=pid)
+    return Target(
+        label, host, port, root or os.environ.get("A0_ROOT") or DEFAULT_ROOT, pid=pid
+    )
 
 
-def start_gateway(label: str, out_dir: Path, serve_args: list,
-                  cpus: set | None = None) -> Target:
+def start_gateway(
+    label: str, out_dir: Path, serve_args: list, cpus: set | None = None
+) -> Target:
     """Starts `a0gw serve` on a free port with a fresh root under /dev/shm."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = tempfile.mkdtemp(prefix="a0gw-bench-", dir=shm)
@@ -132,13 +141,28 @@ def start_gateway(label: str, out_dir: Path, serve_args: list,
     try:
         out = subprocess.run(
             [sys.executable, "-m", "a0gw", "--version"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=30, check=False,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         version = out.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         pass
     proc = subprocess.Popen(
-        [sys.executable, "-m", "a0gw", "serve", "--port", str(port), "--root", root, *serve_args],
+        [
+            sys.executable,
+            "-m",
+            "a0gw",
+            "serve",
+            "--port",
+            str(port),
+            "--root",
+            root,
+            *serve_args,
+        ],
         # Run outside any source tree, so the installed a0gw is the one imported.
         cwd=root,
         env=env,
@@ -147,8 +171,17 @@ def start_gateway(label: str, out_dir: Path, serve_args: list,
         stderr=subprocess.STDOUT,
     )
     pin(proc.pid, cpus)
-    target = Target(label, "127.0.0.1", port, root, pid=proc.pid, proc=proc,
-                    log_path=str(log_path), temp_root=True, version=version)
+    target = Target(
+        label,
+        "127.0.0.1",
+        port,
+        root,
+        pid=proc.pid,
+        proc=proc,
+        log_path=str(log_path),
+        temp_root=True,
+        version=version,
+    )
     try:
         wait_for_port("127.0.0.1", port, 60, proc)
     except RuntimeError as exc:
@@ -199,9 +232,15 @@ class Peer:
     async def start(cls, root: str, log: IO[bytes], *args: str) -> Peer:
         env = dict(os.environ, A0_ROOT=root)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.peers", *args,
-            cwd=PACKAGE_PARENT, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+            sys.executable,
+            "-m",
+            "bench.peers",
+            *args,
+            cwd=PACKAGE_PARENT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
         )
         return cls(proc, " ".join(args[:2]))
 
@@ -210,7 +249,9 @@ class Peer:
         data = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
         if not data:
             code = await self.proc.wait()
-            raise RuntimeError(f"AlephZero peer '{self.what}' exited with status {code}")
+            raise RuntimeError(
+                f"AlephZero peer '{self.what}' exited with status {code}"
+            )
         return data.decode().strip()
 
     def send(self, command: str) -> None:
@@ -232,14 +273,17 @@ class Peer:
 
 
 def _pingpong(cpus: tuple | None, rounds: int) -> dict:
-    code = ("import os\nwhile True:\n    b = os.read(0, 1)\n    if not b: break\n"
-            "    os.write(1, b)\n")
+    code = (
+        "import os\nwhile True:\n    b = os.read(0, 1)\n    if not b: break\n"
+        "    os.write(1, b)\n"
+    )
     saved = os.sched_getaffinity(0)
     if cpus:
         os.sched_setaffinity(0, {cpus[0]})
     try:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         if cpus:
             pin(proc.pid, {cpus[1]})
         assert proc.stdin is not None and proc.stdout is not None
@@ -257,9 +301,11 @@ def _pingpong(cpus: tuple | None, rounds: int) -> dict:
     finally:
         os.sched_setaffinity(0, saved)
     times.sort()
-    return {"p10_us": round(times[len(times) // 10] * 1e6, 1),
-            "p50_us": round(times[len(times) // 2] * 1e6, 1),
-            "p90_us": round(times[len(times) * 9 // 10] * 1e6, 1)}
+    return {
+        "p10_us": round(times[len(times) // 10] * 1e6, 1),
+        "p50_us": round(times[len(times) // 2] * 1e6, 1),
+        "p90_us": round(times[len(times) * 9 // 10] * 1e6, 1),
+    }
 
 
 def pingpong_us(rounds: int = 2000) -> dict:

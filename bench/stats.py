@@ -135,7 +135,9 @@ class OtherLoad:
         t = psutil.cpu_times()
         steal = getattr(t, "steal", 0.0)
         idle = t.idle + getattr(t, "iowait", 0.0)
-        return sum(t) - idle - steal - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), steal
+        return sum(t) - idle - steal - getattr(t, "guest", 0.0) - getattr(
+            t, "guest_nice", 0.0
+        ), steal
 
     @staticmethod
     def _ours() -> float:

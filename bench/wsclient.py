@@ -40,7 +40,9 @@ def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> byte
     else:
         head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
     key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(
+        n, "big"
+    )
     return head + mask + masked
 
 
@@ -101,16 +103,16 @@ class WsClient(asyncio.Protocol):
         self.key = base64.b64encode(os.urandom(16))
         self.upgraded = False
         self.buf = bytearray()
-        self.skip = 0           # bytes left of a big frame being skipped
+        self.skip = 0  # bytes left of a big frame being skipped
         self.skip_fin = False
-        self.tail = b""         # last bytes of the big frame being skipped
-        self.messages = 0       # complete data messages received
-        self.rx_bytes = 0       # bytes received after the upgrade
+        self.tail = b""  # last bytes of the big frame being skipped
+        self.messages = 0  # complete data messages received
+        self.rx_bytes = 0  # bytes received after the upgrade
         self.first_message: bytes | None = None
-        self.t_open = 0.0       # perf_counter when the handshake was sent
-        self.t_first = 0.0      # perf_counter of the first message
-        self.t_last = 0.0       # perf_counter of the latest message
-        self.end_seen = False   # the marker arrived
+        self.t_open = 0.0  # perf_counter when the handshake was sent
+        self.t_first = 0.0  # perf_counter of the first message
+        self.t_last = 0.0  # perf_counter of the latest message
+        self.end_seen = False  # the marker arrived
         self.deadline_hit = False
         self.closed_by_us = False
         self.close_code: int | None = None
@@ -123,7 +125,9 @@ class WsClient(asyncio.Protocol):
     # Connection
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str, handshake: bytes, **kw) -> WsClient:
+    async def connect(
+        cls, host: str, port: int, path: str, handshake: bytes, **kw
+    ) -> WsClient:
         """Connects, upgrades and sends the handshake."""
         loop = asyncio.get_running_loop()
         client = cls(host, port, path, handshake, **kw)
@@ -146,10 +150,18 @@ class WsClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"connection lost during upgrade: {exc}"))
-        if (self.error is None and self.close_code is None and not self.done.done()
-                and not self.closed_by_us):
-            self.error = f"connection lost: {exc}" if exc else "connection closed by server"
+            self.opened.set_exception(
+                ConnectionError(f"connection lost during upgrade: {exc}")
+            )
+        if (
+            self.error is None
+            and self.close_code is None
+            and not self.done.done()
+            and not self.closed_by_us
+        ):
+            self.error = (
+                f"connection lost: {exc}" if exc else "connection closed by server"
+            )
         self._finish()
         if not self.lost.done():
             self.lost.set_result(None)
@@ -181,7 +193,7 @@ class WsClient(asyncio.Protocol):
             if end < 0:
                 return
             head = bytes(self.buf[:end])
-            rest = bytes(self.buf[end + 4:])
+            rest = bytes(self.buf[end + 4 :])
             self.buf = bytearray()
             if not self._check_upgrade(head):
                 return
@@ -224,7 +236,7 @@ class WsClient(asyncio.Protocol):
                 self.skip = k - n
                 self.tail = (self.tail + data)[-TAIL:] if n < TAIL else data[-TAIL:]
                 return
-            part = data[max(0, k - TAIL):k]
+            part = data[max(0, k - TAIL) : k]
             self.tail = (self.tail + part)[-TAIL:] if k < TAIL else part
             self.skip = 0
             if self.skip_fin:
@@ -255,7 +267,7 @@ class WsClient(asyncio.Protocol):
             else:
                 if n - i < 10:
                     break
-                ln = int.from_bytes(mv[i + 2:i + 10], "big")
+                ln = int.from_bytes(mv[i + 2 : i + 10], "big")
                 h = 10
             end = i + h + ln
             op = b0 & 0x0F
@@ -264,19 +276,19 @@ class WsClient(asyncio.Protocol):
                     # Count it without buffering it.
                     self.skip = end - n
                     self.skip_fin = bool(b0 & 0x80)
-                    self.tail = bytes(mv[max(i + h, n - TAIL):n])
+                    self.tail = bytes(mv[max(i + h, n - TAIL) : n])
                     i = n
                 break
             if op <= OP_BINARY:
                 if b0 & 0x80:
                     count += 1
-                    last_tail = mv[max(i + h, end - TAIL):end]
+                    last_tail = mv[max(i + h, end - TAIL) : end]
                     if self.first_message is None:
-                        self.first_message = bytes(mv[i + h:end])
+                        self.first_message = bytes(mv[i + h : end])
                     if msgs is not None:
-                        msgs.append(bytes(mv[i + h:end]))
+                        msgs.append(bytes(mv[i + h : end]))
             else:
-                self._control(op, bytes(mv[i + h:end]))
+                self._control(op, bytes(mv[i + h : end]))
             i = end
         if last_tail and not isinstance(last_tail, bytes):
             last_tail = bytes(last_tail)
@@ -300,7 +312,10 @@ class WsClient(asyncio.Protocol):
             if msgs:
                 assert self.on_messages is not None
                 self.on_messages(msgs, time.monotonic_ns())
-            if self.marker is not None and self.marker in last_tail[-(len(self.marker) + 8):]:
+            if (
+                self.marker is not None
+                and self.marker in last_tail[-(len(self.marker) + 8) :]
+            ):
                 self.end_seen = True
                 self._finish()
         if self.deadline is not None and now >= self.deadline:
@@ -309,7 +324,9 @@ class WsClient(asyncio.Protocol):
 
     def _control(self, op: int, payload: bytes) -> None:
         if op == OP_CLOSE:
-            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close_code = (
+                int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            )
             self.close_reason = payload[2:].decode("utf-8", "replace")
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(client_frame(OP_CLOSE, payload[:2]))
