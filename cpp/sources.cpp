@@ -2,6 +2,8 @@
 
 #include "encoding.hpp"
 
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 namespace a0gw {
@@ -23,10 +25,63 @@ void check_topic_file(const char* tmpl, const std::string& topic) {
   check_alephzero_file(std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic));
 }
 
-// A reader and the file it maps; members are destroyed reader first.
-struct FileReader {
+// Packet buffers for AlephZero's C readers; each is freed after its callback.
+const a0_alloc_t kMallocAlloc = {
+    nullptr,
+    [](void*, size_t size, a0_buf_t* out) {
+      out->data = static_cast<uint8_t*>(std::malloc(size));
+      out->size = size;
+      return out->data || size == 0 ? A0_OK : A0_ERR_SYS;
+    },
+    [](void*, a0_buf_t buf) {
+      std::free(buf.data);
+      return A0_OK;
+    },
+};
+
+a0_reader_options_t c_options(a0::Reader::Options opts) {
+  return {static_cast<a0_reader_init_t>(opts.init), static_cast<a0_reader_iter_t>(opts.iter)};
+}
+
+// Turns an AlephZero C error into AlephZeroError with AlephZero's text.
+void check(a0_err_t err) {
+  if (err == A0_OK) return;
+  throw AlephZeroError(err == A0_ERR_CUSTOM_MSG ? a0_err_msg
+                       : err == A0_ERR_SYS     ? std::strerror(a0_err_syscode)
+                                               : a0_strerror(err));
+}
+
+// The C subscriber: its packets reach the stream without the C++ API's
+// per-packet header map.
+struct CSubscriber {
+  a0_subscriber_t sub;
+  CSubscriber(const std::string& topic, a0::Reader::Options opts, Stream* stream) {
+    check(a0_subscriber_init(&sub, a0_pubsub_topic_t{topic.c_str(), nullptr}, kMallocAlloc,
+                             c_options(opts), Stream::packet_callback(stream)));
+  }
+  ~CSubscriber() { a0_subscriber_close(&sub); }
+};
+
+// The C reader of a file; the File (mapping) outlives it.
+struct CFileReader {
   a0::File file;
-  a0::Reader reader;
+  a0_reader_t reader;
+  CFileReader(const std::string& path, a0::Reader::Options opts, Stream* stream) : file(path) {
+    check(a0_reader_init(&reader, *file.arena().c, kMallocAlloc, c_options(opts),
+                         Stream::packet_callback(stream)));
+  }
+  ~CFileReader() { a0_reader_close(&reader); }
+};
+
+struct CLogListener {
+  a0_log_listener_t listener;
+  CLogListener(const std::string& topic, a0::LogLevel level, a0::Reader::Options opts,
+               Stream* stream) {
+    check(a0_log_listener_init(&listener, a0_log_topic_t{topic.c_str(), nullptr}, kMallocAlloc,
+                               static_cast<a0_log_level_t>(level), c_options(opts),
+                               Stream::packet_callback(stream)));
+  }
+  ~CLogListener() { a0_log_listener_close(&listener); }
 };
 
 }  // namespace
@@ -38,8 +93,7 @@ std::shared_ptr<Stream> open_subscriber(std::shared_ptr<Hub> hub, uint64_t id,
   Stream* raw = stream.get();  // The stream closes its source before it dies.
   auto source = rethrow_as_alephzero_error([&] {
     check_topic_file(a0::env::topic_tmpl_pubsub(), topic);
-    return std::make_shared<a0::Subscriber>(
-        a0::PubSubTopic(topic), reader_opts, [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
+    return std::make_shared<CSubscriber>(topic, reader_opts, raw);
   });
   stream->attach(std::move(source));
   return stream;
@@ -51,11 +105,7 @@ std::shared_ptr<Stream> open_reader(std::shared_ptr<Hub> hub, uint64_t id, const
   Stream* raw = stream.get();
   auto source = rethrow_as_alephzero_error([&] {
     check_alephzero_file(path);
-    auto source = std::make_shared<FileReader>();
-    source->file = a0::File(path);
-    source->reader = a0::Reader(source->file, reader_opts,
-                                [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
-    return source;
+    return std::make_shared<CFileReader>(path, reader_opts, raw);
   });
   stream->attach(std::move(source));
   return stream;
@@ -72,8 +122,7 @@ std::shared_ptr<Stream> open_log_listener(std::shared_ptr<Hub> hub, uint64_t id,
   Stream* raw = stream.get();
   auto source = rethrow_as_alephzero_error([&] {
     check_topic_file(a0::env::topic_tmpl_log(), topic);
-    return std::make_shared<a0::LogListener>(a0::LogTopic(topic), level, reader_opts,
-                                             [raw](a0::Packet pkt) { raw->deliver_packet(pkt); });
+    return std::make_shared<CLogListener>(topic, level, reader_opts, raw);
   });
   stream->attach(std::move(source));
   return stream;

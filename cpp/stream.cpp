@@ -22,13 +22,18 @@ constexpr size_t kHeaderRoom = 10;
 // IMMEDIATE scheduler; its value is how many were dropped just before it.
 constexpr std::string_view kDroppedHeader = "a0gw_dropped";
 
-std::optional<uint64_t> transport_seq(const a0::Packet& pkt) {
-  auto it = pkt.headers().find("a0_transport_seq");
-  if (it == pkt.headers().end()) return std::nullopt;
-  char* end = nullptr;
-  uint64_t seq = std::strtoull(it->second.c_str(), &end, 10);
-  if (end == it->second.c_str()) return std::nullopt;
-  return seq;
+std::optional<uint64_t> transport_seq(const PacketView& pkt) {
+  for (const auto& [key, val] : pkt.headers) {
+    if (key != "a0_transport_seq") continue;
+    if (val.empty()) return std::nullopt;
+    uint64_t seq = 0;
+    for (char c : val) {
+      if (c < '0' || c > '9') return std::nullopt;
+      seq = seq * 10 + uint64_t(c - '0');
+    }
+    return seq;
+  }
+  return std::nullopt;
 }
 
 std::string not_utf8_reason(std::string_view what, size_t offset) {
@@ -48,6 +53,25 @@ size_t finish_frame(std::string& buf, bool websocket) {
 }
 
 }  // namespace
+
+// --- PacketView ----------------------------------------------------------------
+
+void PacketView::assign(const a0_packet_t& pkt) {
+  headers.clear();
+  a0_packet_header_iterator_t it;
+  a0_packet_header_iterator_init(&it, const_cast<a0_packet_t*>(&pkt));
+  a0_packet_header_t hdr;
+  while (a0_packet_header_iterator_next(&it, &hdr) == A0_OK) {
+    headers.emplace_back(hdr.key, hdr.val);
+  }
+  payload = {reinterpret_cast<const char*>(pkt.payload.data), pkt.payload.size};
+}
+
+void PacketView::assign(const a0::Packet& pkt) {
+  headers.clear();
+  for (const auto& [key, val] : pkt.headers()) headers.emplace_back(key, val);
+  payload = {pkt.payload().data(), pkt.payload().size()};
+}
 
 // --- Hub ---------------------------------------------------------------------
 
@@ -94,7 +118,22 @@ void Stream::attach(std::shared_ptr<void> source) {
   source_ = std::move(source);
 }
 
+a0_packet_callback_t Stream::packet_callback(Stream* stream) {
+  return {stream, [](void* user_data, a0_packet_t pkt) {
+            // One view per AlephZero thread, reused so a packet costs no allocation.
+            thread_local PacketView view;
+            view.assign(pkt);
+            static_cast<Stream*>(user_data)->deliver_packet(view);
+          }};
+}
+
 void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
+  PacketView view;
+  view.assign(pkt);
+  deliver_packet(view, done);
+}
+
+void Stream::deliver_packet(const PacketView& pkt, std::optional<bool> done) {
   uint64_t dropped_before;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -117,14 +156,14 @@ void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
 
   // Build {"headers": [[k, v], ...], "payload": "..."(, "done": b)} in place.
   std::string buf;
-  auto payload = pkt.payload();
+  std::string_view payload = pkt.payload;
   size_t payload_room = opts_.encoding == Encoding::kBase64 ? (payload.size() + 2) / 3 * 4
                                                             : payload.size() + payload.size() / 8;
-  buf.reserve(kHeaderRoom + payload_room + 64 * (pkt.headers().size() + 1));
+  buf.reserve(kHeaderRoom + payload_room + 64 * (pkt.headers.size() + 1));
   buf.resize(kHeaderRoom);
   buf.append("{\"headers\":[");
   bool first = true;
-  for (const auto& [key, val] : pkt.headers()) {
+  for (const auto& [key, val] : pkt.headers) {
     buf.append(first ? "[\"" : ",[\"");
     first = false;
     if (auto bad = json_escape(key, buf)) return fail(not_utf8_reason("A header key", *bad));
@@ -141,8 +180,8 @@ void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
   }
   buf.append("],\"payload\":\"");
   if (opts_.encoding == Encoding::kBase64) {
-    base64_encode({payload.data(), payload.size()}, buf);
-  } else if (auto bad = json_escape({payload.data(), payload.size()}, buf)) {
+    base64_encode(payload, buf);
+  } else if (auto bad = json_escape(payload, buf)) {
     return fail(not_utf8_reason("The payload", *bad));
   }
   buf.push_back('"');

@@ -21,11 +21,23 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace a0gw {
 
 enum class Scheduler { kImmediate = 0, kOnAck = 1, kOnDrain = 2 };
+
+// A packet's headers and payload as views, whichever API produced it.
+struct PacketView {
+  std::vector<std::pair<std::string_view, std::string_view>> headers;
+  std::string_view payload;
+
+  // Fills this view from a C packet; views into `pkt`'s buffers.
+  void assign(const a0_packet_t& pkt);
+  // Fills this view from a C++ packet; views into `pkt`.
+  void assign(const a0::Packet& pkt);
+};
 enum class Encoding { kNone = 0, kBase64 = 1 };
 
 // Close code sent when a packet cannot be encoded as the client asked.
@@ -90,8 +102,12 @@ class Stream {
   void attach(std::shared_ptr<void> source);
 
   // Source side (AlephZero threads).
+  void deliver_packet(const PacketView& pkt, std::optional<bool> done = std::nullopt);
   void deliver_packet(const a0::Packet& pkt, std::optional<bool> done = std::nullopt);
   void deliver_json(std::string_view json);
+
+  // A C packet callback that delivers to the stream in `user_data`.
+  static a0_packet_callback_t packet_callback(Stream* stream);
 
   // Event-loop side.
   Batch take();
