@@ -80,13 +80,19 @@ class Bridge:
         encoding: int,
         seq_min: int | None = None,
         newest_only: bool = False,
+        skips_to_newest: bool = False,
     ) -> _native.StreamOptions:
-        """Native stream options with this gateway's queue bounds."""
+        """Native stream options with this gateway's queue bounds.
+
+        A reader that skips to the newest packet (ITER_NEWEST) under ON_DRAIN
+        waits until each frame has been handed to the socket, so a slow client
+        gets the newest packet next rather than a queue of older ones.
+        """
         return _native.StreamOptions(
             scheduler=scheduler,
             encoding=encoding,
             seq_min=seq_min,
-            drain_bytes=self.limits.drain_bytes,
+            drain_bytes=1 if skips_to_newest else self.limits.drain_bytes,
             immediate_bytes=self.limits.immediate_bytes,
             newest_only=newest_only,
         )

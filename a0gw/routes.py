@@ -203,7 +203,12 @@ def _checked_payload(
 
 
 def _options(bridge: Bridge, request: StreamRequest) -> _native.StreamOptions:
-    return bridge.stream_options(request.scheduler, request.encoding, request.seq_min)
+    return bridge.stream_options(
+        request.scheduler,
+        request.encoding,
+        request.seq_min,
+        skips_to_newest=request.iter == _native.ITER_NEWEST,
+    )
 
 
 def subscribe(bridge: Bridge, message: RequestMessage) -> _native.Stream:
