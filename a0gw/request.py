@@ -99,7 +99,7 @@ class RequestMessage:
 
     def has(self, field: str) -> bool:
         """Whether `field` (a name or a /-separated JSON pointer) is present."""
-        return self._lookup(field)[0]
+        return self.lookup(field)[0]
 
     def require(self, field: str) -> None:
         """Raises ClientError when `field` is absent."""
@@ -108,7 +108,7 @@ class RequestMessage:
 
     def string(self, field: str, default: str | None = None) -> str | None:
         """The string at `field`, or `default` when absent."""
-        present, value = self._lookup(field)
+        present, value = self.lookup(field)
         if not present:
             return default
         if not isinstance(value, str):
@@ -136,7 +136,7 @@ class RequestMessage:
 
     def boolean(self, field: str, default: bool) -> bool:
         """The boolean at `field`, or `default` when absent."""
-        present, value = self._lookup(field)
+        present, value = self.lookup(field)
         if not present:
             return default
         if not isinstance(value, bool):
@@ -160,7 +160,7 @@ class RequestMessage:
 
     def packet(self, base64_default: bool = False) -> Packet:
         """The `packet` field with its headers and payload checked."""
-        present, packet = self._lookup("packet")
+        present, packet = self.lookup("packet")
         if present and not isinstance(packet, dict):
             raise bad_format(
                 "/packet", f"type must be object, but is {_json_type(packet)}"
@@ -180,9 +180,8 @@ class RequestMessage:
         """The encoding asked for payloads sent back to the client."""
         return self.option("response_encoding", ENCODING_OPTIONS, _native.ENCODING_NONE)
 
-    # Private methods
-
-    def _lookup(self, field: str) -> tuple[bool, Any]:
+    def lookup(self, field: str) -> tuple[bool, Any]:
+        """(present, value) of `field`, a name or a /-separated JSON pointer."""
         node: Any = self.raw
         for part in field.strip("/").split("/"):
             if not isinstance(node, dict) or part not in node:
@@ -190,8 +189,10 @@ class RequestMessage:
             node = node[part]
         return True, node
 
+    # Private methods
+
     def _headers(self) -> list[tuple[str, str]]:
-        present, headers = self._lookup(HEADERS_FIELD)
+        present, headers = self.lookup(HEADERS_FIELD)
         if not present:
             return []
         expected = "type must be array of [string, string] pairs"
@@ -234,7 +235,7 @@ def parse_stream_request(message: RequestMessage, name_field: str) -> StreamRequ
 
     # `init` is a name, or the a0_transport_seq to resume from.
     seq_min = None
-    present, init_value = message._lookup("init")
+    present, init_value = message.lookup("init")
     if (
         present
         and isinstance(init_value, (int, float))

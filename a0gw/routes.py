@@ -162,7 +162,7 @@ class PendingReply:
 
 
 def _timeout(message: RequestMessage, default: float) -> float:
-    present, value = message._lookup("timeout")
+    present, value = message.lookup("timeout")
     if not present:
         return default
     if (

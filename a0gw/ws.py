@@ -70,8 +70,9 @@ class WebSocketConnection(asyncio.Protocol):
         )
         # The native stream, once the handshake opened it.
         self.stream: _native.Stream | None = None
-        # Fragments of a text message still being received.
+        # Fragments of a message still being received, and its opcode.
         self.fragments: list[bytes] = []
+        self.fragment_opcode = Opcode.TEXT
         # The transport asked us to stop writing (its buffer is full).
         self.paused = False
         # We sent a close frame: no more data frames may follow it.
