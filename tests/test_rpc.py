@@ -498,3 +498,26 @@ def test_rpc_thousand_concurrent_requests_each_get_own_reply(
         reply = json.loads(body)
         assert reply["payload"] == f"re:req-{i}"
         assert header(reply, "a0_req_id") == ids[f"req-{i}".encode()]
+
+
+# --- Gateway bugs --------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a0gw bug: an integer timeout too large for a float is a 500"
+    " (OverflowError in math.isfinite in routes._timeout), not a 400 or a reply",
+)
+def test_rpc_huge_integer_timeout_is_not_an_internal_error(
+    http: httpx.Client,
+) -> None:
+    server = Server()
+    huge = b"1" + b"0" * 400
+    body = b'{"topic": "t", "packet": {"payload": "x"}, "timeout": ' + huge + b"}"
+    response = http.post("/api/rpc", content=body)
+    # Either a valid (very long) deadline, or a bad value: never our own error.
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert "timeout" in response.text
+    else:
+        assert len(server.requests.items()) == 1
