@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -53,6 +54,29 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+class Recorder:
+    """Records what callbacks on AlephZero threads are called with, in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Any] = []
+
+    def __call__(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def items(self) -> list[Any]:
+        with self._lock:
+            return list(self._items)
+
+    def wait_count(
+        self, count: int, timeout: float = TIMEOUT, what: str = "callbacks"
+    ) -> list[Any]:
+        """Waits until at least `count` calls were recorded; returns them all."""
+        wait_until(lambda: len(self.items()) >= count, timeout, f"{count} {what}")
+        return self.items()
 
 
 def deadman_taken(topic: str = "api", timeout: float = 0.05) -> bool:
