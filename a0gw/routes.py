@@ -165,14 +165,16 @@ def _timeout(message: RequestMessage, default: float) -> float:
     present, value = message.lookup("timeout")
     if not present:
         return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise bad_format("timeout", "must be a positive number of seconds")
-    return float(value)
+    error = bad_format("timeout", "must be a positive number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise error from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise error
+    return seconds
 
 
 def _checked_payload(
@@ -290,6 +292,8 @@ def discover(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     if not template:
         raise ClientError("Request has unknown value for field: protocol  value: ")
     topic = message.name("topic") or "**/*"
+    if ".." in topic.split("/"):
+        raise ClientError(f"Topic {topic!r} is outside the AlephZero root.")
     scheduler = message.option(
         "scheduler", SCHEDULER_OPTIONS, _native.SCHEDULER_ON_DRAIN
     )

@@ -503,11 +503,6 @@ def test_rpc_thousand_concurrent_requests_each_get_own_reply(
 # --- Gateway bugs --------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: an integer timeout too large for a float is a 500"
-    " (OverflowError in math.isfinite in routes._timeout), not a 400 or a reply",
-)
 def test_rpc_huge_integer_timeout_is_not_an_internal_error(
     http: httpx.Client,
 ) -> None:
