@@ -52,9 +52,7 @@ def recv_found(
     return found
 
 
-def recv_exactly(
-    ws: ClientConnection, root: str, count: int
-) -> list[dict[str, str]]:
+def recv_exactly(ws: ClientConnection, root: str, count: int) -> list[dict[str, str]]:
     """The next `count` discovery messages, and then no more for a while."""
     found = [recv_found(ws, root) for _ in range(count)]
     assert_no_message(ws)
@@ -120,7 +118,9 @@ def test_discover_reports_files_of_live_peers(gateway: Gateway, root: str) -> No
     with ws_connect(gateway, "/wsapi/discover") as ws:
         discover(ws, protocol="rpc")
         assert_no_message(ws)
-        server = a0.RpcServer("robot/planner", lambda req: req.reply("x"), lambda _id: None)
+        server = a0.RpcServer(
+            "robot/planner", lambda req: req.reply("x"), lambda _id: None
+        )
         found = recv_found(ws, root)
         assert (found["topic"], found["relpath"]) == (
             "robot/planner",
