@@ -302,7 +302,7 @@ def publish_until_received(
     pytest.fail("the stream delivered nothing")
 
 
-# --- Gateway process internals and logs -------------------------------------------
+# --- Gateway process internals and logs ----------------------------------------
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -369,7 +369,7 @@ def assert_serving(gateway: Gateway, timeout: float = TIMEOUT) -> None:
         assert recv_packet(ws, timeout)["payload"] == "ping"
 
 
-# --- Raw sockets ------------------------------------------------------------------
+# --- Raw sockets ---------------------------------------------------------------
 
 
 def http_head_and_body(data: bytes) -> tuple[int, dict[str, str], bytes]:

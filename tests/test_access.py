@@ -62,7 +62,7 @@ def ws_status(gateway: Gateway, path: str, **kwargs: Any) -> int:
         return exc.response.status_code
 
 
-# --- Listening address -----------------------------------------------------------
+# --- Listening address ---------------------------------------------------------
 
 
 def listening_addresses(port: int) -> list[str]:
@@ -103,7 +103,7 @@ def test_all_interfaces_with_token_does_not_warn(start_gateway: StartGateway) ->
     assert warnings_logged(gateway, "token") == []
 
 
-# --- Bearer token ------------------------------------------------------------------
+# --- Bearer token --------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_token_from_environment(start_gateway: StartGateway) -> None:
         assert http.get("/api/ls").status_code == 200
 
 
-# --- Origins ---------------------------------------------------------------------
+# --- Origins -------------------------------------------------------------------
 
 OK = "https://ok.example"
 EVIL = "https://evil.example"
@@ -282,7 +282,7 @@ def test_origin_on_websocket(origin_gateway: Gateway, route: str) -> None:
     wait_for_warning(origin_gateway, f"Origin {EVIL} is not allowed")
 
 
-# --- Read-only mode ----------------------------------------------------------------
+# --- Read-only mode ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +329,7 @@ def test_read_only_still_reads(read_only_gateway: Gateway) -> None:
         assert recv_packet(ws)["payload"] == "careful"
 
 
-# --- Topic globs -------------------------------------------------------------------
+# --- Topic globs ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

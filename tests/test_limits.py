@@ -132,7 +132,7 @@ def test_max_body_default_is_16_mib(gateway: Gateway, root: str) -> None:
     wait_for_warning(gateway, f"Request body over {16 * MIB} bytes")
 
 
-# --- WebSocket message -----------------------------------------------------------
+# --- WebSocket message ---------------------------------------------------------
 
 
 def test_max_message_option(start_gateway: StartGateway) -> None:
@@ -191,7 +191,7 @@ def test_max_message_default_is_16_mib(gateway: Gateway) -> None:
         assert recv_packet(ws)["payload"] == "hello"
 
 
-# --- Header size -------------------------------------------------------------------
+# --- Header size ---------------------------------------------------------------
 
 
 def big_headers(total: int, count: int) -> str:
@@ -260,7 +260,7 @@ def test_headers_under_16_kib_are_fine(gateway: Gateway) -> None:
         assert http.post("/api/pub", json=body, headers=headers).status_code == 200
 
 
-# --- Time to send a request or a handshake ---------------------------------------
+# --- Time to send a request or a handshake -------------------------------------
 
 
 def test_handshake_timeout_closes_silent_connection(
@@ -375,7 +375,7 @@ def test_websocket_handshake_in_time_is_not_closed(
         assert recv_packet(ws)["payload"] == "late"
 
 
-# --- Keepalive -----------------------------------------------------------------------
+# --- Keepalive -----------------------------------------------------------------
 
 KEEPALIVE = ["--ping-interval", "0.5", "--ping-timeout", "0.5"]
 
@@ -421,7 +421,7 @@ def test_default_keepalive_does_not_drop_quiet_peer_early(gateway: Gateway) -> N
         assert opcode == 0x1 and json.loads(payload)["payload"] == "hello"
 
 
-# --- Connections ---------------------------------------------------------------------
+# --- Connections ---------------------------------------------------------------
 
 
 def test_max_connections_option_refuses_with_503(
