@@ -31,7 +31,13 @@ SETTINGS = settings(
 )
 
 REST_ROUTES = ["/api/pub", "/api/write", "/api/rpc"]
-WS_ROUTES = ["/wsapi/sub", "/wsapi/read", "/wsapi/log", "/wsapi/prpc", "/wsapi/discover"]
+WS_ROUTES = [
+    "/wsapi/sub",
+    "/wsapi/read",
+    "/wsapi/log",
+    "/wsapi/prpc",
+    "/wsapi/discover",
+]
 # The second message of a stream: refused once a handshake opened it.
 HANDSHAKE_TWICE = "Handshake only allowed once per websocket."
 # RPCs without a server end at the deadline: the gateway's answer is 504.
@@ -51,7 +57,7 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
         yield client
 
 
-# --- Strategies -----------------------------------------------------------------------
+# --- Strategies ----------------------------------------------------------------
 
 FIELDS = [
     "topic",
@@ -201,7 +207,7 @@ def ws_requests() -> st.SearchStrategy[tuple[str, Any]]:
     )
 
 
-# --- Checks ------------------------------------------------------------------------------
+# --- Checks --------------------------------------------------------------------
 
 
 def note(text: str) -> None:
@@ -228,7 +234,9 @@ def bounded(route: str, body: Any) -> Any:
     return body
 
 
-def check_rest(gateway: Gateway, http: httpx.Client, route: str, content: bytes) -> None:
+def check_rest(
+    gateway: Gateway, http: httpx.Client, route: str, content: bytes
+) -> None:
     try:
         response = http.post(route, content=content)
     except httpx.TimeoutException:
@@ -276,7 +284,7 @@ def alive(gateway: Gateway) -> None:
     assert gateway.proc.poll() is None, gateway.stderr_text()[-3000:]
 
 
-# --- REST ---------------------------------------------------------------------------------
+# --- REST ----------------------------------------------------------------------
 
 
 @SETTINGS
@@ -334,7 +342,7 @@ def test_raw_connection_bytes_never_5xx(gateway: Gateway, data: bytes) -> None:
     alive(gateway)
 
 
-# --- WebSocket handshakes ---------------------------------------------------------------
+# --- WebSocket handshakes ------------------------------------------------------
 
 
 @SETTINGS
@@ -362,7 +370,7 @@ def test_handshake_any_message_closes_4000_range(
     alive(gateway)
 
 
-# --- Extremes ---------------------------------------------------------------------------
+# --- Extremes ------------------------------------------------------------------
 
 DEPTH = 100_000
 DEEP_LIST = "[" * DEPTH + "]" * DEPTH
