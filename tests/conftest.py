@@ -18,7 +18,11 @@ from helpers import Gateway
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed:
-        for gateway in getattr(item, "a0gw_gateways", []):
+        module = item.getparent(pytest.Module)
+        gateways = getattr(item, "a0gw_gateways", []) + getattr(
+            module, "a0gw_gateways", []
+        )
+        for gateway in gateways:
             report.sections.append(
                 (f"a0gw stderr (port {gateway.port})", gateway.stderr_text())
             )
@@ -51,6 +55,48 @@ def start_gateway(
 
     def start(*, ready: bool = True, **kwargs: Any) -> Gateway:
         gateway = Gateway(root, **kwargs)
+        gateways.append(gateway)
+        if ready:
+            gateway.wait_ready()
+        return gateway
+
+    yield start
+
+    try:
+        for gateway in gateways:
+            if gateway.proc.poll() is None or gateway.signalled:
+                status = gateway.stop(signal.SIGTERM)
+                assert status == 0, (
+                    f"gateway exited with {status} on signal:\n{gateway.stderr_text()}"
+                )
+    finally:
+        for gateway in gateways:
+            gateway.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_root() -> Iterator[str]:
+    """Like `root`, shared by every test of a module (A0_ROOT set meanwhile)."""
+    path = f"/dev/shm/a0gw-test-{uuid.uuid4().hex}"
+    os.makedirs(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("A0_ROOT", path)
+        patch.delenv("PORT_STR", raising=False)
+        patch.delenv("A0_TOPIC", raising=False)
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def start_module_gateway(
+    module_root: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Gateway]]:
+    """Like `start_gateway`, for gateways that serve every test of a module."""
+    gateways: list[Gateway] = []
+    request.node.a0gw_gateways = gateways
+
+    def start(*, ready: bool = True, **kwargs: Any) -> Gateway:
+        gateway = Gateway(module_root, **kwargs)
         gateways.append(gateway)
         if ready:
             gateway.wait_ready()

@@ -17,11 +17,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import a0
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -322,3 +324,218 @@ def publish_until_received(
         except TimeoutError:
             continue
     pytest.fail("the stream delivered nothing")
+
+
+# --- Gateway process internals and logs ----------------------------------------
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A size field of /proc/<pid>/status (e.g. "RssAnon"), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0])
+    raise KeyError(field)
+
+
+def thread_count(pid: int) -> int:
+    """Threads of process `pid` right now."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def wait_for_log(gateway: Gateway, text: str, timeout: float = TIMEOUT) -> str:
+    """Waits for a line of the gateway's stderr containing `text`; returns it."""
+    found: list[str] = []
+
+    def present() -> bool:
+        found[:] = [x for x in gateway.stderr_text().splitlines() if text in x]
+        return bool(found)
+
+    wait_until(present, timeout, what=f"a log line with {text!r}")
+    return found[0]
+
+
+def warnings_logged(gateway: Gateway, text: str) -> list[str]:
+    """The WARNING lines of the gateway's stderr that contain `text`."""
+    return [
+        line
+        for line in gateway.stderr_text().splitlines()
+        if " WARNING " in line and text in line
+    ]
+
+
+def wait_for_warning(gateway: Gateway, text: str, timeout: float = TIMEOUT) -> str:
+    """Waits for a WARNING line containing `text` in the gateway's stderr."""
+    found: list[str] = []
+
+    def present() -> bool:
+        found[:] = warnings_logged(gateway, text)
+        return bool(found)
+
+    wait_until(present, timeout, what=f"a WARNING with {text!r}")
+    return found[0]
+
+
+def assert_serving(gateway: Gateway, timeout: float = TIMEOUT) -> None:
+    """The gateway is alive and answers REST requests and opens streams."""
+    assert gateway.proc.poll() is None, (
+        f"gateway exited with {gateway.proc.returncode}:\n{gateway.stderr_text()}"
+    )
+    with httpx.Client(base_url=gateway.url, timeout=timeout, trust_env=False) as client:
+        assert client.get("/api/ls").status_code == 200
+        topic = f"alive-{uuid.uuid4().hex[:8]}"
+        body = {"topic": topic, "packet": {"payload": "ping"}}
+        response = client.post("/api/pub", json=body)
+        assert response.status_code == 200, response.text
+    with ws_connect(gateway, "/wsapi/sub") as ws:
+        handshake(ws, topic=topic, init="OLDEST")
+        assert recv_packet(ws, timeout)["payload"] == "ping"
+
+
+# --- Raw sockets ---------------------------------------------------------------
+
+
+def http_head_and_body(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and (what came of) the body of a raw HTTP response."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def read_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
+    """Everything `sock` receives until the peer closes it (fails on timeout)."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline:
+            pytest.fail(f"connection still open after {timeout} s")
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data)
+        except socket.timeout:
+            pytest.fail(f"connection still open after {timeout} s")
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+class RawWebSocket:
+    """A minimal WebSocket client on a plain socket, for misbehaving peers.
+
+    It upgrades, sends frames it is told to, and answers nothing by itself
+    (no pongs, no close frames) unless asked.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        path: str,
+        headers: dict[str, str] | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(("127.0.0.1", gateway.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{gateway.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = bytearray()
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        self.status, self.headers, _ = http_head_and_body(head + b"\r\n\r\n")
+        self.buffer = bytearray(rest)
+
+    def __enter__(self) -> RawWebSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        """Sends one masked frame, as clients must."""
+        first = (0x80 if fin else 0) | opcode
+        size = len(payload)
+        if size < 126:
+            head = bytes([first, 0x80 | size])
+        elif size < 1 << 16:
+            head = bytes([first, 0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            head = bytes([first, 0x80 | 127]) + size.to_bytes(8, "big")
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(0x1, text.encode())
+
+    def _fill(self, count: int, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by the gateway")
+            self.buffer += chunk
+
+    def recv_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """The next frame from the gateway: (opcode, payload)."""
+        self._fill(2, timeout)
+        opcode = self.buffer[0] & 0x0F
+        size = self.buffer[1] & 0x7F
+        offset = 2
+        if size == 126:
+            self._fill(4, timeout)
+            size = int.from_bytes(self.buffer[2:4], "big")
+            offset = 4
+        elif size == 127:
+            self._fill(10, timeout)
+            size = int.from_bytes(self.buffer[2:10], "big")
+            offset = 10
+        self._fill(offset + size, timeout)
+        payload = bytes(self.buffer[offset : offset + size])
+        del self.buffer[: offset + size]
+        return opcode, payload
+
+    def recv_close(self, timeout: float = TIMEOUT) -> tuple[int, str]:
+        """Skips frames until a close frame; returns its code and reason."""
+        deadline = time.monotonic() + timeout
+        while True:
+            opcode, payload = self.recv_frame(max(deadline - time.monotonic(), 0.01))
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if payload else 1005
+                return code, payload[2:].decode()
+
+    def wait_dropped(self, timeout: float) -> None:
+        """Reads and ignores frames until the gateway ends the TCP connection."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except ConnectionResetError:
+                return
+            except socket.timeout:
+                break
+        pytest.fail(f"the gateway kept the connection for more than {timeout} s")
