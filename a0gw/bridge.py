@@ -71,7 +71,7 @@ class Bridge:
 
     def checked_path(self, path: str) -> str:
         """The absolute path of file `path`, once allowed and confined to the root."""
-        self.policy.check_topic(path)
+        self.policy.check_path(path, self.templates.values())
         return confine(self.root, path)
 
     def stream_options(

@@ -26,6 +26,7 @@ from a0gw.errors import (
     PayloadTooLarge,
     RequestFailed,
     RequestTimeout,
+    Unauthorized,
 )
 from a0gw.ws import WebSocketConnection
 
@@ -44,6 +45,9 @@ PREFLIGHT_HEADERS = [
     (b"access-control-max-age", b"86400"),
 ]
 SERVER_HEADER = (b"server", b"a0gw")
+CLOSE_HEADER = (b"connection", b"close")
+# RFC 9110 §11.6.1: a 401 names the scheme the client must use.
+AUTHENTICATE_HEADER = (b"www-authenticate", b'Bearer realm="a0gw"')
 
 
 class HttpConnection(asyncio.Protocol):
@@ -69,6 +73,8 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         # Bytes of a publish the native fast path waits to see whole.
         self.fast_buffer = bytearray()
+        # Whether any request was answered on this connection yet.
+        self.served = False
 
     # Transport callbacks
 
@@ -117,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
         consumed, responses, needed = fast.handle(data)
         if responses:
             self.transport.write(responses)
+            self.served = True
             self._start_timer()
         rest = data[consumed:]
         if needed:
@@ -160,6 +167,14 @@ class HttpConnection(asyncio.Protocol):
                 self.body = []
                 self.body_size = 0
                 self.rejected = False
+                if self._head_size(event) > self.gateway.config.max_header_bytes:
+                    # h11 bounds only a head that arrives in pieces.
+                    logger.warning(
+                        "Request header over %d bytes refused",
+                        self.gateway.config.max_header_bytes,
+                    )
+                    self._write_raw_response(431, "Request header is too large.")
+                    return
             elif isinstance(event, h11.Data):
                 self._receive_body(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -169,6 +184,13 @@ class HttpConnection(asyncio.Protocol):
             elif isinstance(event, h11.ConnectionClosed):
                 self.transport.close()
                 return
+
+    @staticmethod
+    def _head_size(request: h11.Request) -> int:
+        size = len(request.method) + len(request.target) + 12
+        for name, value in request.headers:
+            size += len(name) + len(value) + 4
+        return size
 
     def _receive_body(self, data: bytes) -> None:
         if self.rejected:
@@ -180,10 +202,10 @@ class HttpConnection(asyncio.Protocol):
             limit = self.gateway.config.max_body_bytes
             logger.warning("Request body over %d bytes refused", limit)
             # The client may still be sending: answer now and close.
-            self._respond_error(
-                PayloadTooLarge(f"Request body is larger than {limit} bytes.")
-            )
-            self._close_after_response()
+            exc = PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+            self._respond(exc.status, exc.reason.encode(), extra=[CLOSE_HEADER])
+            assert self.transport is not None
+            self.transport.close()
             return
         self.body.append(data)
 
@@ -240,6 +262,8 @@ class HttpConnection(asyncio.Protocol):
             extra = None
             if isinstance(exc, MethodNotAllowed):
                 extra = [(b"allow", ", ".join(exc.allow).encode())]
+            elif isinstance(exc, Unauthorized):
+                extra = [AUTHENTICATE_HEADER]
             self._respond(exc.status, exc.reason.encode(), extra=extra)
             self._log_access(method, target, exc.status)
         elif exc is not None:
@@ -328,6 +352,8 @@ class HttpConnection(asyncio.Protocol):
         cors = b""
         if self.cors is not None:
             cors = b"access-control-allow-origin: " + self.cors + b"\r\n"
+        if status == Unauthorized.status:
+            cors += b": ".join(AUTHENTICATE_HEADER) + b"\r\n"
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n"
@@ -378,9 +404,6 @@ class HttpConnection(asyncio.Protocol):
             return
         self.transport.write(data)
 
-    def _respond_error(self, exc: ClientError) -> None:
-        self._respond(exc.status, exc.reason.encode())
-
     def _reject_malformed(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
         logger.warning("Malformed HTTP request: %s", exc)
@@ -391,10 +414,6 @@ class HttpConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
 
-    def _close_after_response(self) -> None:
-        assert self.transport is not None
-        self.transport.close()
-
     def _next_cycle(self) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
@@ -402,6 +421,7 @@ class HttpConnection(asyncio.Protocol):
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             self.request = None
+            self.served = True
             self._start_timer()
         elif (
             self.h11.our_state is h11.MUST_CLOSE
@@ -426,8 +446,14 @@ class HttpConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self.timer = None
         assert self.transport is not None
-        if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+        started = (
+            self.h11.their_state is not h11.IDLE
+            or self.h11.trailing_data[0]
+            or self.fast_buffer
+        )
+        if not started and self.served:
             # An idle keep-alive connection: close it quietly.
+            logger.debug("Closing an idle keep-alive connection")
             self.transport.close()
             return
         timeout = self.gateway.config.handshake_timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import posixpath
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qs
@@ -111,11 +112,33 @@ class AccessPolicy:
             raise Forbidden(f"The gateway is read-only: {what} is refused.")
 
     def check_topic(self, topic: str) -> None:
-        """Raises Forbidden when the allow/deny globs exclude `topic`."""
-        if any(p.match(topic) for p in self.deny) or (
-            self.allow and not any(p.match(topic) for p in self.allow)
+        """Raises Forbidden when the allow/deny globs exclude `topic`.
+
+        The globs see the name as AlephZero will use it: `a//b`, `a/./b` and
+        `x/../a/b` are all `a/b`.
+        """
+        name = posixpath.normpath(topic) if topic else topic
+        if any(p.match(name) for p in self.deny) or (
+            self.allow and not any(p.match(name) for p in self.allow)
         ):
             raise Forbidden(f"Access to topic {topic!r} is not allowed.")
+
+    def check_path(self, path: str, templates: Iterable[str]) -> None:
+        """Raises Forbidden when the globs exclude file `path` or its topic.
+
+        A path is checked as it is and, when it is the file of a topic under
+        one of the protocol `templates`, as that topic.
+        """
+        name = posixpath.normpath(path) if path else path
+        self.check_topic(name)
+        for template in templates:
+            prefix, _, suffix = template.partition("{topic}")
+            if (
+                len(name) > len(prefix) + len(suffix)
+                and name.startswith(prefix)
+                and name.endswith(suffix)
+            ):
+                self.check_topic(name[len(prefix) : len(name) - len(suffix)])
 
 
 def confine(root: str, relative: str) -> str:
@@ -131,10 +154,13 @@ def confine(root: str, relative: str) -> str:
     """
     real_root = os.path.realpath(root)
     candidate = os.path.realpath(os.path.join(real_root, relative))
-    if os.path.isdir(candidate):
+    if candidate == "/" or (candidate == real_root and os.path.isdir(candidate)):
+        # The reference bridge's answer for "/", kept for compatibility.
         raise ClientError("Is a directory")
     if os.path.commonpath([real_root, candidate]) != real_root:
         raise ClientError(f"Path {relative!r} is outside the AlephZero root.")
+    if os.path.isdir(candidate):
+        raise ClientError("Is a directory")
     return candidate
 
 

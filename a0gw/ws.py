@@ -163,7 +163,12 @@ class WebSocketConnection(asyncio.Protocol):
                 self._receive_fragment(frame.opcode, bytes(frame.data), frame.fin)
             elif frame.opcode is Opcode.PONG:
                 self._schedule_ping()
-        if self.protocol.close_code == PayloadTooLarge.close_code and not self.closing:
+        sent = self.protocol.close_sent
+        if (
+            sent is not None
+            and sent.code == PayloadTooLarge.close_code
+            and not self.closing
+        ):
             limit = self.gateway.config.max_message_bytes
             logger.warning("WebSocket message over %d bytes on %s", limit, self.path)
         self._flush()

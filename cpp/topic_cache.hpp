@@ -44,8 +44,12 @@ inline bool resolves_under(const std::string& root, std::string path) {
   if (!::realpath(root.c_str(), buf)) return false;
   std::string real_root = buf;
   std::string rest;
-  // Find the deepest part of the path that exists, and resolve it.
+  // Find the deepest part of the path that exists, and resolve it.  A name
+  // that exists but does not resolve is a dangling symbolic link: where it
+  // points cannot be checked, so it is refused.
   while (!::realpath(path.c_str(), buf)) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) return false;
     size_t slash = path.find_last_of('/');
     if (slash == std::string::npos || slash == 0) return false;
     rest = path.substr(slash) + rest;
@@ -70,24 +74,35 @@ struct NotAlephZeroFile : std::runtime_error {
 // Bytes of the transport header AlephZero writes at the start of a file.
 constexpr size_t kTransportHeaderSize = 144;
 
+// Where AlephZero 0.3's transport header keeps the frame offsets of its two
+// state copies (head, tail, high-water mark), as laid out in files it writes.
+// Every offset must lie inside the file, or reading a frame faults.
+constexpr size_t kStateOffsets[] = {0x40, 0x48, 0x50, 0x68, 0x70, 0x78};
+
 // Checks that an existing file at `path` looks like an AlephZero file: long
 // enough for the transport header, which is either still all zeros (a new
-// file AlephZero will initialize) or starts with AlephZero's magic.
+// file AlephZero will initialize) or starts with AlephZero's magic and points
+// only inside the file (a truncated file would send readers past its end).
 inline void check_alephzero_file(const std::string& path) {
   static constexpr char kMagic[] = "ALEPHZERO";  // With its NUL: 10 bytes.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;  // Missing: AlephZero creates it.
-  char head[16] = {};
+  unsigned char head[kTransportHeaderSize] = {};
   struct stat st;
   bool ok = ::fstat(fd, &st) == 0;
   ssize_t n = ok ? ::pread(fd, head, sizeof(head), 0) : -1;
   ::close(fd);
   if (!ok || !S_ISREG(st.st_mode)) return;  // AlephZero reports these itself.
-  bool zeros = n == ssize_t(sizeof(head)) &&
-               std::all_of(head, head + sizeof(head), [](char c) { return c == 0; });
-  bool magic = n == ssize_t(sizeof(head)) && std::memcmp(head, kMagic, sizeof(kMagic)) == 0;
-  if (size_t(st.st_size) < kTransportHeaderSize || !(zeros || magic)) {
-    throw NotAlephZeroFile("Not an AlephZero file (bad or truncated header): " + path);
+  auto bad = [&](const char* why) {
+    throw NotAlephZeroFile(std::string("Not an AlephZero file (") + why + "): " + path);
+  };
+  if (size_t(st.st_size) < kTransportHeaderSize || n != ssize_t(sizeof(head))) bad("truncated");
+  if (std::all_of(head, head + sizeof(head), [](unsigned char c) { return c == 0; })) return;
+  if (std::memcmp(head, kMagic, sizeof(kMagic)) != 0) bad("bad header");
+  for (size_t at : kStateOffsets) {
+    uint64_t offset;
+    std::memcpy(&offset, head + at, sizeof(offset));
+    if (offset > uint64_t(st.st_size)) bad("truncated");
   }
 }
 

@@ -180,11 +180,6 @@ def test_token_preflight_needs_no_token(token_gateway: Gateway) -> None:
         assert http.options("/api/pub").status_code == 204
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: 401 responses carry no WWW-Authenticate header "
-    "(RFC 9110 section 15.5.2 requires one)",
-)
 def test_token_401_names_the_bearer_scheme(token_gateway: Gateway) -> None:
     with client(token_gateway) as http:
         response = http.get("/api/ls")
@@ -397,9 +392,7 @@ def test_glob_ls_still_lists_refused_names(glob_http: httpx.Client) -> None:
 
 # Other spellings of a refused topic or of a path outside the allowed folder.
 ALIASES = [
-    pytest.param(
-        "/api/pub", {"topic": "a//secret"}, "a/secret", id="pub-double-slash"
-    ),
+    pytest.param("/api/pub", {"topic": "a//secret"}, "a/secret", id="pub-double-slash"),
     pytest.param("/api/pub", {"topic": "a/./secret"}, "a/secret", id="pub-dot"),
     pytest.param("/api/pub", {"topic": "a/../b"}, "b", id="pub-dotdot"),
     pytest.param(
@@ -409,12 +402,6 @@ ALIASES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: globs are matched against the name as sent, not the file "
-    "it resolves to: 'a//secret', 'a/./secret', 'a/../b' or the topic's own "
-    "file path reach refused topics",
-)
 @pytest.mark.parametrize("route, fields, reached", ALIASES)
 def test_glob_refused_topic_under_another_name(
     glob_http: httpx.Client, route: str, fields: dict[str, str], reached: str
@@ -428,11 +415,6 @@ def test_glob_refused_topic_under_another_name(
     assert response.status_code in (400, 403)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a refused topic can be streamed under another name "
-    "('a//secret', or its file path on /wsapi/read)",
-)
 @pytest.mark.parametrize(
     "route, fields",
     [

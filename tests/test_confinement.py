@@ -162,11 +162,6 @@ def test_write_to_root_dir_is_a_directory(gateway: Gateway, root: str) -> None:
     assert os.listdir(root) == ["api.deadman"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a path naming a directory outside the root is answered "
-    "'Is a directory' (the gateway stats it), not refused as outside the root",
-)
 @pytest.mark.parametrize("path", ["..", "../..", "/tmp", "/etc"])
 def test_directory_outside_root_is_refused_as_outside(
     gateway: Gateway, path: str
@@ -263,12 +258,6 @@ def test_symlink_to_existing_file_outside_is_not_read_or_written(
     assert [p.payload for p in read_file(target)] == [b"secret"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: the native publish path follows a dangling symlink that "
-    "points out of the root, AlephZero loops creating files until the process "
-    "runs out of memory maps, and no new topic can be opened afterwards",
-)
 def test_refused_dangling_symlink_leaves_gateway_usable(
     gateway: Gateway, root: str, scratch: str
 ) -> None:
@@ -346,12 +335,6 @@ def truncate_real_file(root: str, size: int) -> str:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a truncated AlephZero file (magic intact, 144 bytes or "
-    "more) passes the header check and is mapped: writing to it kills the "
-    "gateway (SIGBUS or SIGSEGV)",
-)
 @pytest.mark.parametrize("route", ["/api/pub", "/api/write"])
 @pytest.mark.parametrize("size", [200, 4096])
 def test_truncated_alephzero_file_is_refused_on_write(
@@ -372,11 +355,6 @@ def test_truncated_alephzero_file_is_refused_on_write(
     assert_serving(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a truncated AlephZero file (magic intact) is streamed "
-    "instead of being refused as not an AlephZero file",
-)
 @pytest.mark.parametrize("route", ["/wsapi/sub", "/wsapi/read"])
 def test_truncated_alephzero_file_is_refused_on_read(
     gateway: Gateway, root: str, route: str

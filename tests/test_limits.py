@@ -92,11 +92,6 @@ def test_max_body_option(start_gateway: StartGateway, root: str, route: str) -> 
     assert_serving(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a 413 closes the connection without 'Connection: close', "
-    "so a keep-alive client's next request on it fails",
-)
 def test_max_body_413_keeps_keep_alive_clients_working(
     start_gateway: StartGateway,
 ) -> None:
@@ -161,11 +156,6 @@ def test_max_message_option_counts_fragments(start_gateway: StartGateway) -> Non
     assert_serving(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a WebSocket message over --max-message is closed with "
-    "1009 but logs no WARNING (the check reads close_code before CLOSED)",
-)
 def test_max_message_hit_is_logged(start_gateway: StartGateway) -> None:
     gateway = start_gateway(args=["--max-message", "1000"])
     with ws_connect(gateway, "/wsapi/sub") as ws:
@@ -234,13 +224,6 @@ def test_headers_over_16_kib_still_arriving_are_431(
     assert_serving(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a complete request head over 16 KiB that arrives in one "
-    "read is not refused: GET and upgrades are served, a publish is never "
-    "answered (408 at the handshake timeout); the limit only applies to "
-    "heads still incomplete",
-)
 @pytest.mark.parametrize("kind", list(REQUESTS))
 def test_headers_over_16_kib_sent_at_once_are_431(
     start_gateway: StartGateway, kind: str
@@ -277,11 +260,6 @@ def test_handshake_timeout_closes_silent_connection(
     assert_serving(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a connection that never sends a byte is closed at the "
-    "handshake timeout without the WARNING every other limit hit logs",
-)
 def test_handshake_timeout_on_silent_connection_is_logged(
     start_gateway: StartGateway,
 ) -> None:
@@ -323,12 +301,6 @@ def test_handshake_timeout_on_partial_body_is_408(
     wait_for_warning(gateway, "Request not received within 0.5 s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a0gw bug: a publish whose body never completes is held by the "
-    "native fast path; at the timeout the connection is closed silently, "
-    "with no 408 and no WARNING",
-)
 def test_handshake_timeout_on_partial_publish_is_408(
     start_gateway: StartGateway,
 ) -> None:

@@ -87,8 +87,9 @@ scalars = (
 keys = st.sampled_from(FIELDS) | st.text(max_size=10)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(keys, children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=5)
+    ),
     max_leaves=20,
 )
 

@@ -92,9 +92,7 @@ def test_immediate_stalled_client_gets_drop_count_later(
 
 
 @pytest.mark.parametrize("scheduler", ["ON_DRAIN", "IMMEDIATE"])
-def test_stalled_client_memory_stays_bounded(
-    gateway: Gateway, scheduler: str
-) -> None:
+def test_stalled_client_memory_stays_bounded(gateway: Gateway, scheduler: str) -> None:
     pid = gateway.proc.pid
     before = proc_status_kib(pid, "RssAnon")
     a0.File("big.pubsub.a0")
