@@ -22,6 +22,20 @@ def _port_from_env() -> int:
     return port
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="a0gw", description="REST and WebSocket gateway to AlephZero."
@@ -48,21 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-body",
-        type=int,
+        type=_positive_int,
         default=16 * MIB,
         metavar="BYTES",
         help="largest REST request body (default 16 MiB)",
     )
     serve.add_argument(
         "--max-message",
-        type=int,
+        type=_positive_int,
         default=16 * MIB,
         metavar="BYTES",
         help="largest WebSocket message from a client (default 16 MiB)",
     )
     serve.add_argument(
         "--queue-limit",
-        type=int,
+        type=_positive_int,
         default=4 * MIB,
         metavar="BYTES",
         help="bytes an IMMEDIATE stream may queue before it drops packets "
@@ -70,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--rpc-timeout",
-        type=float,
+        type=_positive_float,
         default=30.0,
         metavar="SECONDS",
         help="how long a REST RPC waits for its reply; a request's own "
@@ -78,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--handshake-timeout",
-        type=float,
+        type=_positive_float,
         default=10.0,
         metavar="SECONDS",
         help="time a client has to send its HTTP request, or its JSON handshake "
@@ -86,21 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--ping-interval",
-        type=float,
+        type=_positive_float,
         default=20.0,
         metavar="SECONDS",
         help="WebSocket keepalive ping interval (default 20)",
     )
     serve.add_argument(
         "--ping-timeout",
-        type=float,
+        type=_positive_float,
         default=20.0,
         metavar="SECONDS",
         help="drop a WebSocket whose pong is this late (default 20)",
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=_positive_int,
         default=4096,
         metavar="N",
         help="open client connections allowed at once (default 4096)",

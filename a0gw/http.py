@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
@@ -46,6 +47,7 @@ PREFLIGHT_HEADERS = [
 ]
 SERVER_HEADER = (b"server", b"a0gw")
 CLOSE_HEADER = (b"connection", b"close")
+TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
 # RFC 9110 §11.6.1: a 401 names the scheme the client must use.
 AUTHENTICATE_HEADER = (b"www-authenticate", b'Bearer realm="a0gw"')
 
@@ -140,9 +142,15 @@ class HttpConnection(asyncio.Protocol):
     # Public methods
 
     def shutdown(self) -> None:
-        """Closes the connection; a request in progress is abandoned."""
-        if self.transport is not None:
-            self.transport.close()
+        """Closes the connection; a request still waiting gets a 503."""
+        if self.transport is None:
+            return
+        if self.pending is not None:
+            # Cancelling the route withdraws its RPC at the server.
+            self.pending.cancel()
+            self.pending = None
+            self._respond(503, b"Gateway shutting down.", extra=[CLOSE_HEADER])
+        self.transport.close()
 
     # Request processing
 
@@ -167,6 +175,12 @@ class HttpConnection(asyncio.Protocol):
                 self.body = []
                 self.body_size = 0
                 self.rejected = False
+                if self.h11.they_are_waiting_for_100_continue:
+                    # RFC 9110 §10.1.1: tell the client to send its body.
+                    continue_response = h11.InformationalResponse(
+                        status_code=100, headers=[]
+                    )
+                    self.transport.write(self.h11.send(continue_response) or b"")
                 if self._head_size(event) > self.gateway.config.max_header_bytes:
                     # h11 bounds only a head that arrives in pieces.
                     logger.warning(
@@ -285,6 +299,8 @@ class HttpConnection(asyncio.Protocol):
         if not self.gateway.policy.origin_allowed(origin):
             raise Forbidden(f"Origin {origin} is not allowed.")
         if method == "OPTIONS":
+            if path not in routes.REST_ROUTES and path not in routes.STREAM_ROUTES:
+                raise NotFound(f"Unknown path: {path}")
             self._respond(204, b"", extra=PREFLIGHT_HEADERS)
             self._log_access(method, path, 204)
             return None
@@ -378,6 +394,8 @@ class HttpConnection(asyncio.Protocol):
         ]
         if self.cors is not None:
             headers.append((b"access-control-allow-origin", self.cors))
+            if self.cors != b"*":
+                headers.append((b"vary", b"Origin"))
         if extra:
             headers.extend(extra)
         try:
@@ -464,4 +482,7 @@ class HttpConnection(asyncio.Protocol):
     def _log_access(self, method: str, target: str, status: int) -> None:
         if access_logger.isEnabledFor(logging.INFO):
             peer = self.transport.get_extra_info("peername") if self.transport else None
-            access_logger.info('%s "%s %s" %d', peer, method, target, status)
+            client = f"{peer[0]}:{peer[1]}" if peer else "-"
+            # A token in the query string stays out of the log.
+            target = TOKEN_IN_QUERY.sub(r"\1token=***", target)
+            access_logger.info('%s "%s %s" %d', client, method, target, status)

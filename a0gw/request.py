@@ -32,6 +32,11 @@ SCHEDULER_OPTIONS = {
 ENCODING_OPTIONS = {"none": _native.ENCODING_NONE, "base64": _native.ENCODING_BASE64}
 
 PAYLOAD_FIELD = "/packet/payload"
+
+# Bounds on topic and path names: enough for any real tree, and they keep a
+# client from making the gateway resolve or create absurdly deep folders.
+MAX_NAME_BYTES = 1024
+MAX_NAME_DEPTH = 64
 HEADERS_FIELD = "/packet/headers"
 
 
@@ -122,9 +127,15 @@ class RequestMessage:
             if "\x00" in value:
                 raise bad_format(field, "must not contain NUL characters")
             try:
-                value.encode()
+                encoded = value.encode()
             except UnicodeEncodeError:
                 raise bad_format(field, "must be valid unicode") from None
+            if len(encoded) > MAX_NAME_BYTES or value.count("/") >= MAX_NAME_DEPTH:
+                raise bad_format(
+                    field,
+                    f"must be at most {MAX_NAME_BYTES} bytes "
+                    f"and {MAX_NAME_DEPTH} folders deep",
+                )
         return value
 
     def required_name(self, field: str) -> str:

@@ -90,11 +90,21 @@ def write(bridge: Bridge, body: bytes) -> Response:
 
 def ls(bridge: Bridge, body: bytes) -> Response:
     """GET /api/ls: every AlephZero file under the root, sorted."""
+    # An explicit stack, not os.walk: a tree made by another process may be
+    # deeper than Python's recursion limit.
     found = []
-    for folder, _, files in os.walk(bridge.root):
-        for name in files:
-            if name.endswith(".a0"):
-                found.append(os.path.relpath(os.path.join(folder, name), bridge.root))
+    folders = [bridge.root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif entry.name.endswith(".a0") and not entry.is_dir():
+                found.append(os.path.relpath(entry.path, bridge.root))
     found.sort()
     body = json.dumps(found, separators=(",", ":")).encode()
     return Response(200, body, "application/json")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
+import threading
 
 from a0gw import _native
 from a0gw.bridge import Bridge, StreamLimits
@@ -16,6 +18,59 @@ from a0gw.policy import AccessPolicy
 from a0gw.ws import CLOSE_GOING_AWAY, WebSocketConnection
 
 logger = logging.getLogger("a0gw.server")
+
+
+# Seconds shutdown waits for WebSocket clients to complete the closing handshake.
+SHUTDOWN_GRACE = 1.0
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class DeadmanHolder:
+    """Takes and releases the AlephZero deadman of a topic on its own thread.
+
+    AlephZero's deadman is a robust mutex: only the thread that took it may
+    release it, and taking it blocks while another process holds it.  One
+    thread does both, so the event loop never blocks and the release is valid.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._release = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def take(self) -> None:
+        """Returns once the deadman is held."""
+        loop = asyncio.get_running_loop()
+        taken: asyncio.Future[None] = loop.create_future()
+
+        def hold() -> None:
+            deadman = _native.Deadman(self.topic)
+            if not deadman.try_take():
+                logger.warning(
+                    "Deadman of topic %r is held by another process; waiting",
+                    self.topic,
+                )
+                deadman.take()
+            with contextlib.suppress(RuntimeError):  # The loop already closed.
+                loop.call_soon_threadsafe(_resolve, taken)
+            self._release.wait()
+            deadman.release()
+
+        self._thread = threading.Thread(target=hold, name="a0gw-deadman", daemon=True)
+        self._thread.start()
+        await taken
+
+    def release(self) -> None:
+        """Releases the deadman if it was taken; stops waiting for it if not."""
+        self._release.set()
+        if self._thread is not None:
+            # A thread still waiting for another holder is left behind: it
+            # is a daemon and ends with the process.
+            self._thread.join(timeout=1.0)
 
 
 class Gateway:
@@ -63,16 +118,22 @@ class Gateway:
             lambda: HttpConnection(self), self.config.host, self.config.port
         )
         loop.add_reader(self.bridge.hub.fd, self.bridge.dispatch_ready)
-        deadman = _native.Deadman(self.config.topic)
+        self._log_listening(server)
+        deadman = DeadmanHolder(self.config.topic)
+        taken = asyncio.ensure_future(deadman.take())
+        stopping = asyncio.ensure_future(self.stopping.wait())
         try:
-            await self._take_deadman(deadman)
-            self._log_listening(server)
-            await self.stopping.wait()
+            await asyncio.wait({taken, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if taken.done():
+                logger.info("Holding the deadman of topic %r", self.config.topic)
+            await stopping
             logger.info("Shutting down")
         finally:
+            taken.cancel()
+            stopping.cancel()
             server.close()
             loop.remove_reader(self.bridge.hub.fd)
-            self._close_connections()
+            await self._close_connections()
             deadman.release()
             await server.wait_closed()
         logger.info("Stopped")
@@ -87,21 +148,19 @@ class Gateway:
 
     # Private methods
 
-    async def _take_deadman(self, deadman: _native.Deadman) -> None:
-        # Another gateway on the same topic holds it: wait without blocking the
-        # loop, serving meanwhile.
-        if deadman.try_take():
-            return
-        logger.warning(
-            "Deadman of topic %r is held by another process; waiting", self.config.topic
-        )
-        await asyncio.get_running_loop().run_in_executor(None, deadman.take)
-
-    def _close_connections(self) -> None:
+    async def _close_connections(self) -> None:
         for ws in list(self.ws_connections):
             ws.close(CLOSE_GOING_AWAY, "Gateway shutting down.")
         for http in list(self.http_connections):
             http.shutdown()
+
+        # Give the close frames, queued behind whatever the sockets still had
+        # to send, a moment to leave; then drop what is left.
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while self.ws_connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for ws in list(self.ws_connections):
+            ws.abort()
 
     def _log_listening(self, server: asyncio.Server) -> None:
         for sock in server.sockets:
@@ -138,7 +197,18 @@ def run(config: Config) -> int:
     _raise_file_limit()
     os.environ["A0_ROOT"] = config.root
     os.environ["A0_TOPIC"] = config.topic
-    os.makedirs(config.root, exist_ok=True)
+    try:
+        os.makedirs(config.root, exist_ok=True)
+    except OSError as exc:
+        logger.error(
+            "Cannot use %s as the AlephZero root: %s", config.root, exc.strerror
+        )
+        return 1
+    if not os.path.isdir(config.root):
+        logger.error(
+            "Cannot use %s as the AlephZero root: not a directory", config.root
+        )
+        return 1
 
     async def main() -> int:
         gateway = Gateway(config)

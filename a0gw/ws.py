@@ -138,6 +138,11 @@ class WebSocketConnection(asyncio.Protocol):
             pass
         self._flush()
 
+    def abort(self) -> None:
+        """Drops the connection at once."""
+        if self.transport is not None:
+            self.transport.abort()
+
     # Transport callbacks
 
     def connection_lost(self, exc: Exception | None) -> None:

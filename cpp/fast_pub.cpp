@@ -2,6 +2,7 @@
 
 #include <yyjson.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -76,7 +77,12 @@ bool encoding_option(yyjson_val* val, bool& base64) {
 
 // Topics the Python path must look at: it reports what is wrong with them.
 bool plain_topic(std::string_view topic) {
-  if (topic.empty() || topic.front() == '/' || topic.find('\0') != std::string_view::npos) {
+  // The Python path's bounds (a0gw.request.MAX_NAME_BYTES and _DEPTH).
+  constexpr size_t kMaxBytes = 1024;
+  constexpr size_t kMaxSlashes = 63;
+  if (topic.empty() || topic.front() == '/' || topic.find('\0') != std::string_view::npos ||
+      topic.size() > kMaxBytes ||
+      size_t(std::count(topic.begin(), topic.end(), '/')) > kMaxSlashes) {
     return false;
   }
   size_t start = 0;
