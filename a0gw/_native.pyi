@@ -32,6 +32,7 @@ class StreamOptions:
         drain_bytes: int = ...,
         immediate_bytes: int = ...,
         newest_only: bool = False,
+        report_gaps: bool = False,
     ) -> None: ...
 
 class Stream:

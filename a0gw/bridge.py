@@ -81,6 +81,7 @@ class Bridge:
         seq_min: int | None = None,
         newest_only: bool = False,
         skips_to_newest: bool = False,
+        report_gaps: bool = False,
     ) -> _native.StreamOptions:
         """Native stream options with this gateway's queue bounds.
 
@@ -95,6 +96,7 @@ class Bridge:
             drain_bytes=1 if skips_to_newest else self.limits.drain_bytes,
             immediate_bytes=self.limits.immediate_bytes,
             newest_only=newest_only,
+            report_gaps=report_gaps,
         )
 
     def new_stream_id(self) -> int:

@@ -214,12 +214,19 @@ def _checked_payload(
 # Stream routes
 
 
-def _options(bridge: Bridge, request: StreamRequest) -> _native.StreamOptions:
+def _options(
+    bridge: Bridge, request: StreamRequest, every_packet: bool = True
+) -> _native.StreamOptions:
+    # `every_packet`: the reader sees every packet of its file, so a jump in
+    # transport_seq under ITER_NEXT means packets were overwritten (a log
+    # listener skips lower levels, so its jumps mean nothing).
+    newest = request.iter == _native.ITER_NEWEST
     return bridge.stream_options(
         request.scheduler,
         request.encoding,
         request.seq_min,
-        skips_to_newest=request.iter == _native.ITER_NEWEST,
+        skips_to_newest=newest,
+        report_gaps=every_packet and not newest,
     )
 
 
@@ -263,7 +270,7 @@ def log(bridge: Bridge, message: RequestMessage) -> _native.Stream:
         level,
         request.init,
         request.iter,
-        _options(bridge, request),
+        _options(bridge, request, every_packet=False),
     )
 
 

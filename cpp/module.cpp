@@ -118,7 +118,8 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<StreamOptions>(m, "StreamOptions", "How a stream schedules and encodes its frames.")
       .def(py::init([](int scheduler, int encoding, std::optional<uint64_t> seq_min,
-                       size_t drain_bytes, size_t immediate_bytes, bool newest_only) {
+                       size_t drain_bytes, size_t immediate_bytes, bool newest_only,
+                       bool report_gaps) {
              StreamOptions opts;
              opts.scheduler = static_cast<Scheduler>(scheduler);
              opts.encoding = static_cast<Encoding>(encoding);
@@ -126,12 +127,13 @@ PYBIND11_MODULE(_native, m) {
              opts.drain_bytes = drain_bytes;
              opts.immediate_bytes = immediate_bytes;
              opts.newest_only = newest_only;
+             opts.report_gaps = report_gaps;
              return opts;
            }),
            py::arg("scheduler"), py::arg("encoding"), py::arg("seq_min") = py::none(),
            py::arg("drain_bytes") = StreamOptions{}.drain_bytes,
            py::arg("immediate_bytes") = StreamOptions{}.immediate_bytes,
-           py::arg("newest_only") = false);
+           py::arg("newest_only") = false, py::arg("report_gaps") = false);
 
   py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Frames from one AlephZero source.")
       .def_property_readonly("id", &Stream::id)

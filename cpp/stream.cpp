@@ -134,10 +134,23 @@ void Stream::deliver_packet(const a0::Packet& pkt, std::optional<bool> done) {
 }
 
 void Stream::deliver_packet(const PacketView& pkt, std::optional<bool> done) {
+  std::optional<uint64_t> seq;
+  if (opts_.seq_min || opts_.report_gaps) seq = transport_seq(pkt);
+  if (opts_.seq_min && seq && *seq < *opts_.seq_min) return;
+
   uint64_t dropped_before;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (!accepting_locked()) return;
+
+    // Packets the topic's ring overwrote before this reader got to them.
+    if (opts_.report_gaps && seq) {
+      if (last_seq_ && *seq > *last_seq_ + 1) {
+        dropped_pending_ += *seq - *last_seq_ - 1;
+        dropped_total_ += *seq - *last_seq_ - 1;
+      }
+      last_seq_ = seq;
+    }
 
     // IMMEDIATE never waits: what does not fit is counted and dropped.
     if (opts_.scheduler == Scheduler::kImmediate && !frames_.empty() &&
@@ -147,11 +160,6 @@ void Stream::deliver_packet(const PacketView& pkt, std::optional<bool> done) {
       return;
     }
     dropped_before = dropped_pending_;
-  }
-
-  if (opts_.seq_min) {
-    auto seq = transport_seq(pkt);
-    if (seq && *seq < *opts_.seq_min) return;
   }
 
   // Build {"headers": [[k, v], ...], "payload": "..."(, "done": b)} in place.

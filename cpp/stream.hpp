@@ -80,6 +80,9 @@ struct StreamOptions {
   bool newest_only = false;
   // Frame each message for a WebSocket; false gives bare JSON (REST bodies).
   bool websocket = true;
+  // Count jumps in a0_transport_seq as dropped packets (readers that should
+  // see every packet: ITER_NEXT on a pubsub topic or file).
+  bool report_gaps = false;
 };
 
 // What take() hands to the event loop.
@@ -141,7 +144,8 @@ class Stream {
   int close_code_ = 0;
   std::string close_reason_;
   int64_t ack_credit_ = 1;       // ON_ACK: frames that may be sent before the next ACK.
-  uint64_t dropped_pending_ = 0;  // IMMEDIATE: drops not yet reported to the client.
+  uint64_t dropped_pending_ = 0;  // Drops not yet reported to the client.
+  std::optional<uint64_t> last_seq_;  // a0_transport_seq of the last packet seen.
   uint64_t dropped_total_ = 0;
   uint64_t delivered_ = 0;
 

@@ -323,6 +323,25 @@ def test_sub_on_ack_waits_for_ack(gateway: Gateway) -> None:
         assert_no_message(ws)
 
 
+def test_sub_next_reports_packets_the_ring_overwrote(gateway: Gateway) -> None:
+    publisher = a0.Publisher("ring")
+    publisher.pub("first")
+    with ws_connect(gateway, "/wsapi/sub") as ws:
+        handshake(ws, topic="ring", init="OLDEST", scheduler="ON_ACK")
+        first = recv_packet(ws)
+        assert first["payload"] == "first"
+        # While the client holds its ACK, more than the 16 MiB ring is published:
+        # the packets after "first" are overwritten before the reader gets there.
+        for _ in range(24):
+            publisher.pub("x" * (1024 * 1024))
+        publisher.pub("last")
+        ws.send("ACK")
+        after = recv_packet(ws)
+        skipped = seq(after) - seq(first) - 1
+        assert skipped > 0
+        assert header(after, "a0gw_dropped") == str(skipped)
+
+
 def test_sub_on_ack_first_packet_waits_for_publish(gateway: Gateway) -> None:
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST", scheduler="ON_ACK")
