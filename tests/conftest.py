@@ -41,8 +41,7 @@ def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def start_gateway(
+def _gateway_factory(
     root: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Gateway]]:
     """Starts gateways on `root`; each must exit 0 on SIGTERM at teardown.
@@ -74,6 +73,14 @@ def start_gateway(
             gateway.cleanup()
 
 
+@pytest.fixture
+def start_gateway(
+    root: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Gateway]]:
+    """Starts gateways on the test's root (see _gateway_factory)."""
+    yield from _gateway_factory(root, request)
+
+
 @pytest.fixture(scope="module")
 def module_root() -> Iterator[str]:
     """Like `root`, shared by every test of a module (A0_ROOT set meanwhile)."""
@@ -92,28 +99,7 @@ def start_module_gateway(
     module_root: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Gateway]]:
     """Like `start_gateway`, for gateways that serve every test of a module."""
-    gateways: list[Gateway] = []
-    request.node.a0gw_gateways = gateways
-
-    def start(*, ready: bool = True, **kwargs: Any) -> Gateway:
-        gateway = Gateway(module_root, **kwargs)
-        gateways.append(gateway)
-        if ready:
-            gateway.wait_ready()
-        return gateway
-
-    yield start
-
-    try:
-        for gateway in gateways:
-            if gateway.proc.poll() is None or gateway.signalled:
-                status = gateway.stop(signal.SIGTERM)
-                assert status == 0, (
-                    f"gateway exited with {status} on signal:\n{gateway.stderr_text()}"
-                )
-    finally:
-        for gateway in gateways:
-            gateway.cleanup()
+    yield from _gateway_factory(module_root, request)
 
 
 @pytest.fixture
