@@ -8,11 +8,12 @@ routes take a parsed handshake and open a native stream.  Both raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Callable, Union
 
 from a0gw import _native
@@ -46,6 +47,17 @@ RestHandler = Callable[[Bridge, bytes], Union[Response, Awaitable[Response]]]
 StreamOpener = Callable[[Bridge, RequestMessage], _native.Stream]
 
 
+@contextlib.contextmanager
+def native_errors() -> Iterator[None]:
+    """Turns the native layer's complaints about a request into ClientError."""
+    try:
+        yield
+    except _native.InvalidBase64 as exc:
+        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
+    except _native.AlephZeroError as exc:
+        raise ClientError(str(exc)) from None
+
+
 # REST routes
 
 
@@ -58,12 +70,8 @@ def publish(bridge: Bridge, body: bytes) -> Response:
     payload = _checked_payload(message, packet)
     bridge.policy.check_writable("publish")
     bridge.checked_topic("pubsub", topic)
-    try:
+    with native_errors():
         bridge.publishers.publish(topic, packet.headers, payload, packet.base64)
-    except _native.InvalidBase64 as exc:
-        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
-    except _native.AlephZeroError as exc:
-        raise ClientError(str(exc)) from None
     return SUCCESS
 
 
@@ -77,14 +85,10 @@ def write(bridge: Bridge, body: bytes) -> Response:
     standard_headers = message.boolean("standard_headers", False)
     bridge.policy.check_writable("write")
     path = bridge.checked_path(path)
-    try:
+    with native_errors():
         _native.write_file(
             path, packet.headers, payload, packet.base64, standard_headers
         )
-    except _native.InvalidBase64 as exc:
-        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
-    except _native.AlephZeroError as exc:
-        raise ClientError(str(exc)) from None
     return SUCCESS
 
 
@@ -120,7 +124,7 @@ async def rpc(bridge: Bridge, body: bytes) -> Response:
     timeout = _timeout(message, bridge.rpc_timeout)
     bridge.policy.check_writable("rpc")
     bridge.checked_topic("rpc", topic)
-    try:
+    with native_errors():
         stream, request_id = bridge.rpc_clients.call(
             bridge.hub,
             bridge.new_stream_id(),
@@ -130,10 +134,6 @@ async def rpc(bridge: Bridge, body: bytes) -> Response:
             packet.base64,
             encoding,
         )
-    except _native.InvalidBase64 as exc:
-        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
-    except _native.AlephZeroError as exc:
-        raise ClientError(str(exc)) from None
 
     reply = PendingReply(stream)
     bridge.listeners[stream.id] = reply
@@ -286,20 +286,17 @@ def prpc(bridge: Bridge, message: RequestMessage) -> _native.Stream:
     )
     bridge.policy.check_writable("prpc")
     bridge.checked_topic("prpc", topic)
-    try:
-        return _native.open_prpc(
-            bridge.hub,
-            bridge.new_stream_id(),
-            topic,
-            packet.headers,
-            payload,
-            packet.base64,
-            bridge.stream_options(
-                scheduler, encoding, newest_only=iter_ == _native.ITER_NEWEST
-            ),
-        )
-    except _native.InvalidBase64 as exc:
-        raise bad_format(PAYLOAD_FIELD, str(exc)) from None
+    return _native.open_prpc(
+        bridge.hub,
+        bridge.new_stream_id(),
+        topic,
+        packet.headers,
+        payload,
+        packet.base64,
+        bridge.stream_options(
+            scheduler, encoding, newest_only=iter_ == _native.ITER_NEWEST
+        ),
+    )
 
 
 def discover(bridge: Bridge, message: RequestMessage) -> _native.Stream:

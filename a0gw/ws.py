@@ -23,6 +23,7 @@ from websockets.server import ServerProtocol
 from a0gw import _native
 from a0gw.errors import ClientError, PayloadTooLarge, RequestFailed
 from a0gw.request import RequestMessage
+from a0gw.routes import native_errors
 
 if TYPE_CHECKING:
     from a0gw.routes import StreamOpener
@@ -218,10 +219,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _open_stream(self, message: bytes) -> None:
         request = RequestMessage.parse(message)
-        try:
+        with native_errors():
             stream = self.opener(self.gateway.bridge, request)
-        except _native.AlephZeroError as exc:
-            raise ClientError(str(exc)) from None
         self.stream = stream
         self.gateway.bridge.listeners[stream.id] = self
         if self.handshake_timer is not None:
