@@ -8,8 +8,11 @@ import os
 import sys
 
 from a0gw import __version__
-from a0gw.config import DEFAULT_PORT, DEFAULT_ROOT, MIB, Config
+from a0gw.config import DEFAULT_PORT, DEFAULT_ROOT, Config
 from a0gw.errors import ConfigError
+
+# The command line's defaults are the configuration's.
+DEFAULTS = Config()
 
 
 def _port_from_env() -> int:
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=DEFAULTS.host,
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)",
     )
     serve.add_argument(
@@ -63,21 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-body",
         type=_positive_int,
-        default=16 * MIB,
+        default=DEFAULTS.max_body_bytes,
         metavar="BYTES",
         help="largest REST request body (default 16 MiB)",
     )
     serve.add_argument(
         "--max-message",
         type=_positive_int,
-        default=16 * MIB,
+        default=DEFAULTS.max_message_bytes,
         metavar="BYTES",
         help="largest WebSocket message from a client (default 16 MiB)",
     )
     serve.add_argument(
         "--queue-limit",
         type=_positive_int,
-        default=4 * MIB,
+        default=DEFAULTS.immediate_bytes,
         metavar="BYTES",
         help="bytes an IMMEDIATE stream may queue before it drops packets "
         "(default 4 MiB)",
@@ -85,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--rpc-timeout",
         type=_positive_float,
-        default=30.0,
+        default=DEFAULTS.rpc_timeout,
         metavar="SECONDS",
         help="how long a REST RPC waits for its reply; a request's own "
         '"timeout" field overrides it (default 30)',
@@ -93,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--handshake-timeout",
         type=_positive_float,
-        default=10.0,
+        default=DEFAULTS.handshake_timeout,
         metavar="SECONDS",
         help="time a client has to send its HTTP request, or its JSON handshake "
         "after a WebSocket upgrade (default 10)",
@@ -101,21 +104,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ping-interval",
         type=_positive_float,
-        default=20.0,
+        default=DEFAULTS.ping_interval,
         metavar="SECONDS",
         help="WebSocket keepalive ping interval (default 20)",
     )
     serve.add_argument(
         "--ping-timeout",
         type=_positive_float,
-        default=20.0,
+        default=DEFAULTS.ping_timeout,
         metavar="SECONDS",
         help="drop a WebSocket whose pong is this late (default 20)",
     )
     serve.add_argument(
         "--max-connections",
         type=_positive_int,
-        default=4096,
+        default=DEFAULTS.max_connections,
         metavar="N",
         help="open client connections allowed at once (default 4096)",
     )
