@@ -6,6 +6,13 @@ native stream.  From then on the stream's frames, already built as complete
 WebSocket frames in C++, are written to the transport as they come, as fast as
 the socket drains: while the transport is paused the stream's queue fills and
 its scheduler holds the AlephZero reader back.
+
+While the connection is idle (nothing buffered, nothing queued) the stream is
+in direct mode: its AlephZero thread sends each frame to the socket itself, so
+a live packet reaches the client without waking the event loop.  The loop ends
+direct mode (``Stream.hold``) before it writes anything of its own, after the
+rest of a frame the thread sent in part, and the next ``Stream.flush`` on an
+idle connection starts it again.
 """
 
 from __future__ import annotations
@@ -120,7 +127,8 @@ class WebSocketConnection(asyncio.Protocol):
         """Called by the gateway when the stream has frames; sends them."""
         if self.paused or self.closing or self.stream is None or self.transport is None:
             return
-        data, close_code, close_reason = self.stream.take()
+        idle = self.transport.get_write_buffer_size() == 0
+        data, close_code, close_reason = self.stream.flush(idle)
         if data:
             self.transport.write(data)
         if close_code:
@@ -129,6 +137,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Starts the closing handshake (RFC 6455 §7.1.2) and stops the stream."""
+        self._hold_stream()
         self._stop_stream()
         if self.closing or self.transport is None:
             return
@@ -226,7 +235,13 @@ class WebSocketConnection(asyncio.Protocol):
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            stream.attach_socket(sock.fileno())
         logger.debug("Stream %d opened on %s", stream.id, self.path)
+        # Send what came during the handshake, and start direct mode.
+        self.on_stream_ready()
 
     # Timers
 
@@ -283,10 +298,22 @@ class WebSocketConnection(asyncio.Protocol):
         self.gateway.bridge.listeners.pop(stream.id, None)
         stream.close()
 
+    def _hold_stream(self) -> None:
+        """Stops the stream's thread sending, before the loop writes itself."""
+        if self.stream is None or self.transport is None or self.transport.is_closing():
+            return
+        # A frame the socket has part of must end before any other frame.
+        rest = self.stream.hold()
+        if rest:
+            self.transport.write(rest)
+
     def _flush(self) -> None:
         """Writes what the protocol has to send; closes the socket when it says."""
         assert self.transport is not None
-        for data in self.protocol.data_to_send():
+        outgoing = self.protocol.data_to_send()
+        if outgoing:
+            self._hold_stream()
+        for data in outgoing:
             if data:
                 self.transport.write(data)
             else:

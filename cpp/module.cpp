@@ -57,6 +57,13 @@ py::tuple batch_to_python(Batch batch) {
   return py::make_tuple(std::move(data), batch.close_code, std::move(batch.close_reason));
 }
 
+// Calls `take` (a Stream method that hands over frames) without the GIL.
+template <typename F>
+Batch without_gil(F&& take) {
+  py::gil_scoped_release release;
+  return take();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -141,15 +148,26 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("delivered", &Stream::delivered)
       .def(
           "take",
-          [](Stream& s) {
-            Batch batch;
-            {
-              py::gil_scoped_release release;
-              batch = s.take();
-            }
-            return batch_to_python(std::move(batch));
-          },
+          [](Stream& s) { return batch_to_python(without_gil([&] { return s.take(); })); },
           "Returns (frames, close_code, close_reason); frames is one bytes object.")
+      .def(
+          "flush",
+          [](Stream& s, bool socket_idle) {
+            return batch_to_python(without_gil([&] { return s.flush(socket_idle); }));
+          },
+          py::arg("socket_idle"),
+          "Like take(); with socket_idle, sends queued frames to the attached socket\n"
+          "first, returns what it did not take, and starts direct mode if it took all.")
+      .def("attach_socket", &Stream::attach_socket, py::arg("fd"),
+           "Gives the stream its own duplicate of the connection's socket.")
+      .def(
+          "hold",
+          [](Stream& s) {
+            py::tuple batch = batch_to_python(without_gil([&] { return s.hold(); }));
+            return py::object(batch[0]);
+          },
+          "Ends direct mode before the event loop writes to the socket; returns\n"
+          "the rest of a frame the socket has part of, to write first.")
       .def("ack", &Stream::ack, py::call_guard<py::gil_scoped_release>())
       .def("close", &Stream::close, py::call_guard<py::gil_scoped_release>());
 

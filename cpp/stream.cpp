@@ -1,7 +1,12 @@
 #include "stream.hpp"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cerrno>
 #include <cstdlib>
@@ -217,18 +222,36 @@ void Stream::enqueue(std::string frame, size_t offset) {
   bool wake = false;
   std::unique_lock<std::mutex> lk(mu_);
   if (!accepting_locked()) return;
-  if (opts_.newest_only) {
-    frames_.clear();
-    offsets_.clear();
-    queued_bytes_ = 0;
-  }
-  queued_bytes_ += frame.size() - offset;
-  frames_.push_back(std::move(frame));
-  offsets_.push_back(offset);
   ++delivered_;
-  if (!scheduled_) {
-    scheduled_ = true;
-    wake = true;
+
+  // Direct mode: the queue is empty and the loop has nothing buffered, so the
+  // frame goes to the socket now; what the socket does not take is queued.
+  bool partly_sent = false;
+  if (direct_) {
+    size_t len = frame.size() - offset;
+    size_t sent = send_locked(frame.data() + offset, len);
+    offset += sent;
+    if (sent < len) direct_ = false;
+    partly_sent = sent > 0 && sent < len;
+  }
+
+  if (offset < frame.size()) {
+    if (opts_.newest_only) {
+      // Older unsent frames go, except one the socket already has a part of.
+      size_t keep = partial_front_ ? 1 : 0;
+      frames_.erase(frames_.begin() + keep, frames_.end());
+      offsets_.erase(offsets_.begin() + keep, offsets_.end());
+      queued_bytes_ = keep ? frames_.front().size() - offsets_.front() : 0;
+    }
+    queued_bytes_ += frame.size() - offset;
+    frames_.push_back(std::move(frame));
+    offsets_.push_back(offset);
+    // In direct mode the queue was empty, so this frame is now the front.
+    if (partly_sent) partial_front_ = true;
+    if (!scheduled_) {
+      scheduled_ = true;
+      wake = true;
+    }
   }
   if (wake) {
     lk.unlock();
@@ -257,6 +280,7 @@ void Stream::fail(std::string reason) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!accepting_locked()) return;
     failed_ = true;
+    direct_ = false;
     close_code_ = kCloseInternalError;
     close_reason_ = std::move(reason);
     if (scheduled_) return;
@@ -270,6 +294,24 @@ void Stream::fail(std::string reason) {
 Batch Stream::take() {
   Batch batch;
   std::lock_guard<std::mutex> lk(mu_);
+  direct_ = false;
+  take_locked(batch);
+  return batch;
+}
+
+Batch Stream::flush(bool socket_idle) {
+  Batch batch;
+  std::lock_guard<std::mutex> lk(mu_);
+  direct_ = false;
+  if (socket_idle && socket_ >= 0 && accepting_locked()) {
+    send_queued_locked();
+    direct_ = frames_.empty() && socket_ >= 0;
+  }
+  take_locked(batch);
+  return batch;
+}
+
+void Stream::take_locked(Batch& batch) {
   batch.frames.reserve(frames_.size());
   batch.offsets.reserve(frames_.size());
   for (size_t i = 0; i < frames_.size(); ++i) {
@@ -280,13 +322,102 @@ Batch Stream::take() {
   frames_.clear();
   offsets_.clear();
   queued_bytes_ = 0;
+  partial_front_ = false;
   scheduled_ = false;
   if (failed_) {
     batch.close_code = close_code_;
     batch.close_reason = close_reason_;
   }
   cv_.notify_all();
+}
+
+void Stream::attach_socket(int fd) {
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) throw std::system_error(errno, std::generic_category(), "dup");
+  std::lock_guard<std::mutex> lk(mu_);
+  if (closed_ || socket_ >= 0) {
+    ::close(dup);
+    return;
+  }
+  socket_ = dup;
+}
+
+Batch Stream::hold() {
+  Batch batch;
+  std::lock_guard<std::mutex> lk(mu_);
+  direct_ = false;
+  if (partial_front_) {
+    size_t len = frames_.front().size() - offsets_.front();
+    batch.total = len;
+    batch.frames.push_back(std::move(frames_.front()));
+    batch.offsets.push_back(offsets_.front());
+    frames_.pop_front();
+    offsets_.pop_front();
+    queued_bytes_ -= len;
+    partial_front_ = false;
+    cv_.notify_all();
+  }
   return batch;
+}
+
+size_t Stream::send_locked(const char* data, size_t len) {
+  size_t sent = 0;
+  while (sent < len && socket_ >= 0) {
+    ssize_t n = ::send(socket_, data + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      sent += size_t(n);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      break;
+    } else if (errno != EINTR) {
+      // The connection failed; the loop's transport finds out on its own.
+      ::close(socket_);
+      socket_ = -1;
+    }
+  }
+  return sent;
+}
+
+void Stream::send_queued_locked() {
+  constexpr size_t kMaxIov = 64;
+  while (!frames_.empty() && socket_ >= 0) {
+    iovec iov[kMaxIov];
+    size_t count = std::min(frames_.size(), kMaxIov);
+    size_t want = 0;
+    for (size_t i = 0; i < count; ++i) {
+      iov[i].iov_base = frames_[i].data() + offsets_[i];
+      iov[i].iov_len = frames_[i].size() - offsets_[i];
+      want += iov[i].iov_len;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
+    ssize_t n = ::sendmsg(socket_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ::close(socket_);
+        socket_ = -1;
+      }
+      return;
+    }
+
+    // Drop what went out; the front frame may have gone in part.
+    size_t left = size_t(n);
+    queued_bytes_ -= left;
+    while (left > 0) {
+      size_t front = frames_.front().size() - offsets_.front();
+      if (left < front) {
+        offsets_.front() += left;
+        partial_front_ = true;
+        break;
+      }
+      left -= front;
+      frames_.pop_front();
+      offsets_.pop_front();
+      partial_front_ = false;
+    }
+    if (size_t(n) < want) return;
+  }
 }
 
 void Stream::ack() {
@@ -300,6 +431,11 @@ void Stream::close() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     closed_ = true;
+    direct_ = false;
+    if (socket_ >= 0) {
+      ::close(socket_);
+      socket_ = -1;
+    }
     frames_.clear();
     offsets_.clear();
     queued_bytes_ = 0;

@@ -9,6 +9,14 @@
 // frames goes from empty to non-empty, so a burst of packets on many streams
 // costs one wake-up.  The loop then calls take() on each ready stream and gets
 // every queued frame as one buffer.
+//
+// A WebSocket stream can also own a duplicate of its connection's socket.
+// When the loop finds the connection idle (nothing buffered in the transport,
+// nothing queued), flush() turns on direct mode: the source thread then sends
+// each frame to the socket itself, with no hand-off to the loop.  A frame the
+// socket does not take whole ends direct mode and the rest goes through the
+// queue; the loop calls hold() before writing anything of its own, and writes
+// first the rest of a frame the socket already has part of.
 #pragma once
 
 #include <a0.h>
@@ -114,6 +122,17 @@ class Stream {
 
   // Event-loop side.
   Batch take();
+  // Gives the stream a duplicate of its connection's socket (non-blocking),
+  // closed by close(); direct mode stays off until the next flush().
+  void attach_socket(int fd);
+  // Like take(), but with `socket_idle` (the loop has nothing buffered for the
+  // socket) first sends the queued frames to the socket and returns only what
+  // it did not take; when it took everything, direct mode starts.
+  Batch flush(bool socket_idle);
+  // Ends direct mode, waiting for a send in progress: the loop is about to
+  // write to the socket itself.  Returns the rest of a frame the socket
+  // already has part of, which the loop must write before anything else.
+  Batch hold();
   void ack();
   // Stops the source and wakes a blocked reader; idempotent.  Blocks until the
   // source's thread has left its callback, so call it without the GIL.
@@ -124,8 +143,16 @@ class Stream {
   uint64_t delivered() const;
 
  private:
-  // Appends a finished frame and waits as the scheduler requires.
+  // Appends a finished frame (or sends it, in direct mode) and waits as the
+  // scheduler requires.
   void enqueue(std::string frame, size_t offset);
+  // Moves every queued frame into `batch`.
+  void take_locked(Batch& batch);
+  // Sends `len` bytes without blocking; returns how many the socket took.  A
+  // socket error ends direct mode for good.
+  size_t send_locked(const char* data, size_t len);
+  // Sends queued frames from the front until the socket is full.
+  void send_queued_locked();
   void fail(std::string reason);
   bool accepting_locked() const { return !closed_ && !failed_; }
 
@@ -143,6 +170,9 @@ class Stream {
   bool failed_ = false;  // A packet could not be encoded; stream is ending.
   int close_code_ = 0;
   std::string close_reason_;
+  int socket_ = -1;      // Our duplicate of the connection's socket, or -1.
+  bool direct_ = false;  // Direct mode: frames_ is empty and enqueue() sends.
+  bool partial_front_ = false;  // The socket already has part of frames_.front().
   int64_t ack_credit_ = 1;       // ON_ACK: frames that may be sent before the next ACK.
   uint64_t dropped_pending_ = 0;  // Drops not yet reported to the client.
   std::optional<uint64_t> last_seq_;  // a0_transport_seq of the last packet seen.

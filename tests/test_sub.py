@@ -7,6 +7,8 @@ import json
 import os
 import re
 import socket
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -18,6 +20,7 @@ from helpers import (
     STANDARD_HEADERS,
     TIMEOUT,
     Gateway,
+    RawWebSocket,
     assert_no_message,
     b64,
     expect_close,
@@ -28,6 +31,7 @@ from helpers import (
     recv_packets,
     seq,
     user_headers,
+    wait_until,
     ws_connect,
 )
 
@@ -36,6 +40,14 @@ def publish(count: int, topic: str = "t", prefix: str = "p") -> None:
     pub = a0.Publisher(topic)
     for i in range(count):
         pub.pub(f"{prefix}{i}")
+
+
+def publish_paced(count: int, pause: float, size: int, topic: str = "t") -> None:
+    """Publishes "0....", "1....", ... (`size` bytes each), `pause` s apart."""
+    pub = a0.Publisher(topic)
+    for i in range(count):
+        pub.pub(f"{i}".ljust(size, "."))
+        time.sleep(pause)
 
 
 def payloads(packets: list[dict[str, Any]]) -> list[str]:
@@ -640,3 +652,82 @@ def test_sub_topic_with_nul_closes_4000(gateway: Gateway) -> None:
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t\u0000x", init="OLDEST")
         expect_close(ws, 4000)
+
+
+# --- Live packets sent by the reader thread ------------------------------------
+# An idle connection's live packets go from the AlephZero reader thread straight
+# to the socket, while the event loop writes pings, pongs and close frames.
+
+
+@pytest.mark.parametrize(
+    ("size", "rcvbuf"),
+    [(16, None), (40_000, 4096)],
+    ids=["small-packets", "congested-socket"],
+)
+def test_sub_live_packets_and_pings_stay_whole_frames_in_order(
+    start_gateway: Callable[..., Gateway], size: int, rcvbuf: int | None
+) -> None:
+    # With a small receive buffer and pauses in reading, the socket fills
+    # often, so frames go out in parts, from the reader thread or the event
+    # loop, between pings.
+    gateway = start_gateway(args=["--ping-interval", "0.01", "--ping-timeout", "5"])
+    count = 2000
+    make_topic("t", count * (size + 1024))  # The ring must not drop any.
+    received: list[str] = []
+    pings = 0
+    with RawWebSocket(gateway, "/wsapi/sub", rcvbuf=rcvbuf) as ws:
+        ws.send_text(json.dumps({"topic": "t", "init": "OLDEST"}))
+        publisher = threading.Thread(
+            target=publish_paced, args=(count, 0.0005, size), daemon=True
+        )
+        publisher.start()
+        while len(received) < count:
+            opcode, data = ws.recv_frame()
+            if opcode == 0x9:
+                pings += 1
+                ws.send_frame(0xA, data)
+            else:
+                assert opcode == 0x1, f"unexpected opcode {opcode}"
+                received.append(json.loads(data)["payload"])
+                if rcvbuf is not None and len(received) % 50 == 0:
+                    time.sleep(0.02)
+        publisher.join()
+    assert received == [f"{i}".ljust(size, ".") for i in range(count)]
+    assert pings > 10, "the test needs pings between the packets"
+
+
+def test_sub_close_after_live_packets_ends_the_connection(gateway: Gateway) -> None:
+    with RawWebSocket(gateway, "/wsapi/sub") as ws:
+        ws.send_text(json.dumps({"topic": "t"}))
+        pub = a0.Publisher("t")
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            pub.pub("live")
+            try:
+                opcode, _ = ws.recv_frame(timeout=0.1)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "the stream delivered nothing"
+        assert opcode == 0x1
+
+        ws.send_text(json.dumps({"topic": "t"}))
+        code, reason = ws.recv_close()
+        assert (code, reason) == (4000, "Handshake only allowed once per websocket.")
+        ws.send_frame(0x8, code.to_bytes(2, "big"))
+        ws.wait_dropped(timeout=2.0)
+
+
+def test_sub_connections_leave_no_open_files(gateway: Gateway) -> None:
+    def open_files() -> int:
+        return len(os.listdir(f"/proc/{gateway.proc.pid}/fd"))
+
+    def subscribe_once(i: int) -> None:
+        with ws_connect(gateway, "/wsapi/sub") as ws:
+            handshake(ws, topic="t")
+            publish_until_received(ws, lambda n: a0.Publisher("t").pub(f"{i}.{n}"))
+
+    subscribe_once(0)  # Opens what the gateway keeps for the topic.
+    before = open_files()
+    for i in range(1, 21):
+        subscribe_once(i)
+    wait_until(lambda: open_files() <= before, what="the gateway to close its files")
