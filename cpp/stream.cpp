@@ -1,6 +1,7 @@
 #include "stream.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -41,6 +42,29 @@ std::optional<uint64_t> transport_seq(const PacketView& pkt) {
   return std::nullopt;
 }
 
+// A packet its reader gets later than this after it was published is backlog
+// (a pre-filled topic, a reader catching up): direct mode leaves it to the
+// event loop, which sends the queue in batches, instead of one send() each.
+constexpr uint64_t kLiveAgeNs = 1'000'000;
+
+// Whether `pkt` was published within kLiveAgeNs; true when it has no timestamp.
+bool is_live(const PacketView& pkt) {
+  for (const auto& [key, val] : pkt.headers) {
+    if (key != A0_TIME_MONO) continue;
+    if (val.empty() || val.size() > 19) return true;
+    uint64_t published = 0;
+    for (char c : val) {
+      if (c < '0' || c > '9') return true;
+      published = published * 10 + uint64_t(c - '0');
+    }
+    a0_time_mono_t now;
+    if (a0_time_mono_now(&now) != A0_OK) return true;
+    uint64_t now_ns = uint64_t(now.ts.tv_sec) * 1'000'000'000 + uint64_t(now.ts.tv_nsec);
+    return now_ns < published + kLiveAgeNs;
+  }
+  return true;
+}
+
 std::string not_utf8_reason(std::string_view what, size_t offset) {
   // A close reason must fit in 123 bytes (RFC 6455 §5.5); this does.
   return std::string(what) + " is not UTF-8 at byte " + std::to_string(offset) +
@@ -55,6 +79,64 @@ size_t finish_frame(std::string& buf, bool websocket) {
   size_t offset = kHeaderRoom - ws_header_size(json_len);
   ws_write_text_header(json_len, buf.data() + offset);
   return offset;
+}
+
+// Sends the frames of `batch` to the socket `fd` without blocking and leaves
+// in `batch` what the socket did not take; returns whether it took all.  Sets
+// `broken` when the connection failed.
+bool send_frames(int fd, Batch& batch, bool& broken) {
+  // Small frames are joined first: the kernel takes one buffer faster than
+  // many short pieces.  Large ones go as they are, without a copy.
+  constexpr size_t kJoinBelow = 4096;
+  size_t count = batch.frames.size();
+  if (count > 1 && batch.total < count * kJoinBelow) {
+    std::string joined;
+    joined.reserve(batch.total);
+    for (size_t i = 0; i < count; ++i) joined.append(batch.frames[i], batch.offsets[i]);
+    batch.frames.assign(1, std::move(joined));
+    batch.offsets.assign(1, 0);
+  }
+
+  size_t done = 0;  // Frames sent whole.
+  while (done < batch.frames.size()) {
+    iovec iov[IOV_MAX];
+    size_t n_iov = std::min(batch.frames.size() - done, size_t(IOV_MAX));
+    size_t want = 0;
+    for (size_t i = 0; i < n_iov; ++i) {
+      std::string& frame = batch.frames[done + i];
+      size_t offset = batch.offsets[done + i];
+      iov[i].iov_base = frame.data() + offset;
+      iov[i].iov_len = frame.size() - offset;
+      want += iov[i].iov_len;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n_iov;
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      broken = errno != EAGAIN && errno != EWOULDBLOCK;
+      break;
+    }
+
+    // Drop what went out; the next frame may have gone in part.
+    size_t left = size_t(n);
+    batch.total -= left;
+    while (left > 0) {
+      size_t len = batch.frames[done].size() - batch.offsets[done];
+      if (left < len) {
+        batch.offsets[done] += left;
+        break;
+      }
+      left -= len;
+      std::string().swap(batch.frames[done]);
+      ++done;
+    }
+    if (size_t(n) < want) break;  // The socket is full.
+  }
+  batch.frames.erase(batch.frames.begin(), batch.frames.begin() + done);
+  batch.offsets.erase(batch.offsets.begin(), batch.offsets.begin() + done);
+  return batch.frames.empty();
 }
 
 }  // namespace
@@ -206,7 +288,7 @@ void Stream::deliver_packet(const PacketView& pkt, std::optional<bool> done) {
     dropped_pending_ -= dropped_before;
   }
   size_t offset = finish_frame(buf, opts_.websocket);
-  enqueue(std::move(buf), offset);
+  enqueue(std::move(buf), offset, opts_.websocket && is_live(pkt));
 }
 
 void Stream::deliver_json(std::string_view json) {
@@ -215,18 +297,20 @@ void Stream::deliver_json(std::string_view json) {
   buf.resize(kHeaderRoom);
   buf.append(json);
   size_t offset = finish_frame(buf, opts_.websocket);
-  enqueue(std::move(buf), offset);
+  enqueue(std::move(buf), offset, true);
 }
 
-void Stream::enqueue(std::string frame, size_t offset) {
+void Stream::enqueue(std::string frame, size_t offset, bool live) {
   bool wake = false;
   std::unique_lock<std::mutex> lk(mu_);
   if (!accepting_locked()) return;
   ++delivered_;
 
-  // Direct mode: the queue is empty and the loop has nothing buffered, so the
-  // frame goes to the socket now; what the socket does not take is queued.
+  // Direct mode: the queue is empty and the loop has nothing buffered, so a
+  // live frame goes to the socket now; what the socket does not take is
+  // queued.  Backlog is queued whole, ending direct mode.
   bool partly_sent = false;
+  if (direct_ && !live) direct_ = false;
   if (direct_) {
     size_t len = frame.size() - offset;
     size_t sent = send_locked(frame.data() + offset, len);
@@ -301,13 +385,31 @@ Batch Stream::take() {
 
 Batch Stream::flush(bool socket_idle) {
   Batch batch;
-  std::lock_guard<std::mutex> lk(mu_);
-  direct_ = false;
-  if (socket_idle && socket_ >= 0 && accepting_locked()) {
-    send_queued_locked();
-    direct_ = frames_.empty() && socket_ >= 0;
+  int fd;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    direct_ = false;
+    take_locked(batch);
+    if (!socket_idle || socket_ < 0 || !accepting_locked()) return batch;
+    fd = socket_;
   }
-  take_locked(batch);
+
+  // Send without the lock, so the source thread goes on building frames; with
+  // direct mode off it only queues them, and only close() on this same thread
+  // closes the socket.
+  bool broken = false;
+  bool all_sent = send_frames(fd, batch, broken);
+
+  std::lock_guard<std::mutex> lk(mu_);
+  if (broken && socket_ == fd) {
+    ::close(socket_);
+    socket_ = -1;
+  }
+  if (all_sent && frames_.empty()) {
+    direct_ = socket_ >= 0 && accepting_locked();
+  } else {
+    take_locked(batch);  // Frames queued meanwhile go after the rest.
+  }
   return batch;
 }
 
@@ -375,49 +477,6 @@ size_t Stream::send_locked(const char* data, size_t len) {
     }
   }
   return sent;
-}
-
-void Stream::send_queued_locked() {
-  constexpr size_t kMaxIov = 64;
-  while (!frames_.empty() && socket_ >= 0) {
-    iovec iov[kMaxIov];
-    size_t count = std::min(frames_.size(), kMaxIov);
-    size_t want = 0;
-    for (size_t i = 0; i < count; ++i) {
-      iov[i].iov_base = frames_[i].data() + offsets_[i];
-      iov[i].iov_len = frames_[i].size() - offsets_[i];
-      want += iov[i].iov_len;
-    }
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = count;
-    ssize_t n = ::sendmsg(socket_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        ::close(socket_);
-        socket_ = -1;
-      }
-      return;
-    }
-
-    // Drop what went out; the front frame may have gone in part.
-    size_t left = size_t(n);
-    queued_bytes_ -= left;
-    while (left > 0) {
-      size_t front = frames_.front().size() - offsets_.front();
-      if (left < front) {
-        offsets_.front() += left;
-        partial_front_ = true;
-        break;
-      }
-      left -= front;
-      frames_.pop_front();
-      offsets_.pop_front();
-      partial_front_ = false;
-    }
-    if (size_t(n) < want) return;
-  }
 }
 
 void Stream::ack() {

@@ -11,12 +11,14 @@
 // every queued frame as one buffer.
 //
 // A WebSocket stream can also own a duplicate of its connection's socket.
-// When the loop finds the connection idle (nothing buffered in the transport,
-// nothing queued), flush() turns on direct mode: the source thread then sends
-// each frame to the socket itself, with no hand-off to the loop.  A frame the
-// socket does not take whole ends direct mode and the rest goes through the
-// queue; the loop calls hold() before writing anything of its own, and writes
-// first the rest of a frame the socket already has part of.
+// When the loop finds the connection idle (nothing buffered in the transport),
+// flush() sends the queued frames itself and, if the socket took them all,
+// turns on direct mode: the source thread then sends each live frame (one
+// published less than a millisecond ago) to the socket itself, with no
+// hand-off to the loop.  Backlog, or a frame the socket does not take whole,
+// ends direct mode and goes through the queue; the loop calls hold() before
+// writing anything of its own, and writes first the rest of a frame the
+// socket already has part of.
 #pragma once
 
 #include <a0.h>
@@ -126,8 +128,9 @@ class Stream {
   // closed by close(); direct mode stays off until the next flush().
   void attach_socket(int fd);
   // Like take(), but with `socket_idle` (the loop has nothing buffered for the
-  // socket) first sends the queued frames to the socket and returns only what
-  // it did not take; when it took everything, direct mode starts.
+  // socket) first sends the queued frames to the socket, without holding the
+  // stream's lock, and returns only what it did not take, followed by frames
+  // queued meanwhile; when it took everything, direct mode starts.
   Batch flush(bool socket_idle);
   // Ends direct mode, waiting for a send in progress: the loop is about to
   // write to the socket itself.  Returns the rest of a frame the socket
@@ -143,16 +146,14 @@ class Stream {
   uint64_t delivered() const;
 
  private:
-  // Appends a finished frame (or sends it, in direct mode) and waits as the
-  // scheduler requires.
-  void enqueue(std::string frame, size_t offset);
+  // Appends a finished frame (or sends it, if `live` and in direct mode) and
+  // waits as the scheduler requires.
+  void enqueue(std::string frame, size_t offset, bool live);
   // Moves every queued frame into `batch`.
   void take_locked(Batch& batch);
   // Sends `len` bytes without blocking; returns how many the socket took.  A
   // socket error ends direct mode for good.
   size_t send_locked(const char* data, size_t len);
-  // Sends queued frames from the front until the socket is full.
-  void send_queued_locked();
   void fail(std::string reason);
   bool accepting_locked() const { return !closed_ && !failed_; }
 
