@@ -98,11 +98,24 @@ class PublisherCache:
         self, topic: str, headers: list[tuple[str, str]], payload: bytes, base64: bool
     ) -> None: ...
 
+class AccessRules:
+    def __init__(
+        self,
+        token: str | None,
+        origins: list[bytes],
+        allow_topics: list[str],
+        deny_topics: list[str],
+    ) -> None: ...
+
 class FastPub:
     def __init__(
-        self, publishers: PublisherCache, max_body_bytes: int, max_header_bytes: int
+        self,
+        publishers: PublisherCache,
+        rules: AccessRules,
+        max_body_bytes: int,
+        max_header_bytes: int,
     ) -> None: ...
-    def handle(self, data: bytes) -> tuple[int, bytes, int]: ...
+    def handle(self, data: bytes) -> tuple[int, int, bytes, int]: ...
 
 def write_file(
     path: str,

@@ -122,11 +122,14 @@ class HttpConnection(asyncio.Protocol):
             self.fast_buffer += data
             data = bytes(self.fast_buffer)
             self.fast_buffer.clear()
-        consumed, responses, needed = fast.handle(data)
+        consumed, answered, responses, needed = fast.handle(data)
         if responses:
             self.transport.write(responses)
             self.served = True
             self._start_timer()
+            if access_logger.isEnabledFor(logging.INFO):
+                for _ in range(answered):
+                    self._log_access("POST", "/api/pub", 200)
         rest = data[consumed:]
         if needed:
             # A publish still arriving: wait for the rest of it.

@@ -13,7 +13,11 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
+from a0gw import _native
 from a0gw.errors import ClientError, Forbidden, Unauthorized
+
+# Tokens the native publish path can check: printable ASCII, no spaces.
+_PLAIN_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
@@ -53,19 +57,34 @@ class AccessPolicy:
         self.origins = tuple(origins)
         # Refuse everything that writes to shared memory or calls a server.
         self.read_only = read_only
-        self.allow = [glob_to_regex(p) for p in allow_topics]
-        self.deny = [glob_to_regex(p) for p in deny_topics]
+        self.allow_patterns = list(allow_topics)
+        self.deny_patterns = list(deny_topics)
+        self.allow = [glob_to_regex(p) for p in self.allow_patterns]
+        self.deny = [glob_to_regex(p) for p in self.deny_patterns]
 
     # Public methods
 
-    def permissive(self) -> bool:
-        """Whether this policy allows everything (the default)."""
-        return (
-            self.token is None
-            and "*" in self.origins
-            and not self.read_only
-            and not self.allow
-            and not self.deny
+    def native_rules(self) -> _native.AccessRules | None:
+        """These rules for the native publish path, or None if it cannot apply them.
+
+        The native path answers only what these rules certainly allow and
+        leaves every refusal to Python.  It cannot help in read-only mode,
+        where every publish is refused, and it compares tokens byte for byte,
+        which agrees with :meth:`authorize` only for printable ASCII tokens.
+        """
+        if self.read_only:
+            return None
+        if self.token is not None and not _PLAIN_TOKEN.fullmatch(self.token):
+            return None
+        # An Origin header matches when its latin-1 text is an allowed origin.
+        origins = []
+        for origin in self.origins:
+            try:
+                origins.append(origin.encode("latin-1"))
+            except UnicodeEncodeError:
+                continue
+        return _native.AccessRules(
+            self.token, origins, self.allow_patterns, self.deny_patterns
         )
 
     def authorize(self, headers: Iterable[tuple[bytes, bytes]], target: str) -> None:

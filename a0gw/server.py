@@ -93,12 +93,15 @@ class Gateway:
             rpc_timeout=config.rpc_timeout,
             policy=self.policy,
         )
-        # The native publish path, when nothing needs Python to see each request
-        # (no access log, no policy beyond the defaults).
+        # The native publish path, unless the policy refuses every publish.
         self.fast_pub: _native.FastPub | None = None
-        if not config.access_log and self.policy.permissive():
+        rules = self.policy.native_rules()
+        if rules is not None:
             self.fast_pub = _native.FastPub(
-                self.bridge.publishers, config.max_body_bytes, config.max_header_bytes
+                self.bridge.publishers,
+                rules,
+                config.max_body_bytes,
+                config.max_header_bytes,
             )
         # Live connections, so shutdown can close them.
         self.http_connections: set[HttpConnection] = set()

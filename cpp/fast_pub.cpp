@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 namespace a0gw {
 
@@ -12,15 +13,20 @@ namespace {
 
 constexpr std::string_view kRequestLine = "POST /api/pub HTTP/1.1\r\n";
 
-// Must stay byte for byte what a0gw.http sends for a successful publish.
-constexpr std::string_view kSuccess =
-    "HTTP/1.1 200 OK\r\n"
-    "server: a0gw\r\n"
-    "content-type: text/plain; charset=utf-8\r\n"
-    "content-length: 7\r\n"
-    "access-control-allow-origin: *\r\n"
-    "\r\n"
-    "success";
+// Must stay byte for byte what a0gw.http sends for a successful publish;
+// `cors` is the Access-Control-Allow-Origin value, empty for none.
+void append_success(std::string& out, std::string_view cors) {
+  out.append(
+      "HTTP/1.1 200 OK\r\n"
+      "server: a0gw\r\n"
+      "content-type: text/plain; charset=utf-8\r\n"
+      "content-length: 7\r\n");
+  if (!cors.empty()) {
+    out.append("access-control-allow-origin: ").append(cors).append("\r\n");
+    if (cors != "*") out.append("vary: Origin\r\n");
+  }
+  out.append("\r\nsuccess");
+}
 
 bool is_token_char(unsigned char c) {
   if (c >= '0' && c <= '9') return true;
@@ -41,6 +47,16 @@ bool contains_token(std::string_view value, std::string_view token) {
     if (iequals(value.substr(i, token.size()), token)) return true;
   }
   return false;
+}
+
+// The credentials of an `Authorization: Bearer <credentials>` value.
+std::optional<std::string_view> bearer_credentials(std::optional<std::string_view> value) {
+  if (!value) return std::nullopt;
+  size_t space = value->find(' ');
+  if (space == std::string_view::npos || !iequals(value->substr(0, space), "bearer")) {
+    return std::nullopt;
+  }
+  return value->substr(space + 1);
 }
 
 std::string_view str(yyjson_val* val) {
@@ -103,10 +119,11 @@ FastPubResult FastPub::handle(std::string_view data) {
   while (result.consumed < data.size()) {
     size_t request_size = 0;
     size_t needed = 0;
-    Outcome outcome = handle_one(data.substr(result.consumed), request_size, needed);
+    Outcome outcome =
+        handle_one(data.substr(result.consumed), request_size, needed, result.response);
     if (outcome == Outcome::kDone) {
       result.consumed += request_size;
-      result.response.append(kSuccess);
+      result.answered += 1;
       continue;
     }
     if (outcome == Outcome::kNeedMore) result.needed = needed;
@@ -115,7 +132,8 @@ FastPubResult FastPub::handle(std::string_view data) {
   return result;
 }
 
-FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size, size_t& needed) {
+FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size, size_t& needed,
+                                     std::string& response) {
   // Request line: only this exact one is ours.
   size_t prefix = std::min(data.size(), kRequestLine.size());
   if (data.substr(0, prefix) != kRequestLine.substr(0, prefix)) return Outcome::kDecline;
@@ -132,6 +150,8 @@ FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size
   bool have_host = false;
   bool have_length = false;
   size_t content_length = 0;
+  std::optional<std::string_view> authorization;
+  std::optional<std::string_view> origin;
   while (!fields.empty()) {
     size_t eol = fields.find("\r\n");
     std::string_view line = fields.substr(0, eol);
@@ -159,6 +179,13 @@ FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size
         content_length = content_length * 10 + size_t(c - '0');
       }
       have_length = true;
+    } else if (iequals(name, "authorization")) {
+      // Python takes the last Bearer header of several: rare, so its job.
+      if (authorization) return Outcome::kDecline;
+      authorization = value;
+    } else if (iequals(name, "origin")) {
+      if (origin) return Outcome::kDecline;
+      origin = value;
     } else if (iequals(name, "transfer-encoding") || iequals(name, "expect") ||
                iequals(name, "upgrade")) {
       return Outcome::kDecline;
@@ -170,6 +197,12 @@ FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size
   }
   if (!have_host || !have_length || content_length > max_body_) return Outcome::kDecline;
 
+  // Access rules: whatever they might refuse is Python's to answer.
+  std::optional<std::string_view> cors = rules_.cors_origin(origin);
+  if (!cors || !rules_.token_accepted(bearer_credentials(authorization))) {
+    return Outcome::kDecline;
+  }
+
   // The body, once all of it is here.
   size_t body_start = head_end + 4;
   if (data.size() < body_start + content_length) {
@@ -178,6 +211,7 @@ FastPub::Outcome FastPub::handle_one(std::string_view data, size_t& request_size
   }
   if (!publish_body(data.substr(body_start, content_length))) return Outcome::kDecline;
   request_size = body_start + content_length;
+  append_success(response, *cors);
   return Outcome::kDone;
 }
 
@@ -203,7 +237,7 @@ bool FastPub::publish_body(std::string_view body) {
   if (!encoding_option(request_encoding, base64) || !encoding_option(response_encoding, unused)) {
     return false;
   }
-  if (!plain_topic(str(topic))) return false;
+  if (!plain_topic(str(topic)) || !rules_.topic_allowed(str(topic))) return false;
 
   HeaderList header_list;
   if (headers) {

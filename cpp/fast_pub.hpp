@@ -12,13 +12,16 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <utility>
 
+#include "access.hpp"
 #include "publish.hpp"
 
 namespace a0gw {
 
 struct FastPubResult {
   size_t consumed = 0;   // Bytes of requests answered.
+  size_t answered = 0;   // How many requests that was.
   std::string response;  // Their responses, in order.
   // The request after `consumed` is a publish the fast path will take once
   // this many more bytes arrive (0: hand the rest to the Python path).
@@ -27,20 +30,27 @@ struct FastPubResult {
 
 class FastPub {
  public:
-  FastPub(PublisherCache& publishers, size_t max_body_bytes, size_t max_header_bytes)
-      : publishers_(publishers), max_body_(max_body_bytes), max_header_(max_header_bytes) {}
+  FastPub(PublisherCache& publishers, AccessRules rules, size_t max_body_bytes,
+          size_t max_header_bytes)
+      : publishers_(publishers),
+        rules_(std::move(rules)),
+        max_body_(max_body_bytes),
+        max_header_(max_header_bytes) {}
 
   FastPubResult handle(std::string_view data);
 
  private:
   enum class Outcome { kDone, kNeedMore, kDecline };
 
-  // Parses and performs one request at the start of `data`.
-  Outcome handle_one(std::string_view data, size_t& request_size, size_t& needed);
+  // Parses and performs one request at the start of `data`; appends its
+  // response to `response` when done.
+  Outcome handle_one(std::string_view data, size_t& request_size, size_t& needed,
+                     std::string& response);
   // Publishes the JSON body; false when it is anything but a valid publish.
   bool publish_body(std::string_view body);
 
   PublisherCache& publishers_;
+  AccessRules rules_;
   size_t max_body_;
   size_t max_header_;
 };

@@ -269,9 +269,14 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("topic"), py::arg("headers"), py::arg("payload"), py::arg("base64"),
           "Publishes one packet on `topic` with AlephZero's standard headers.");
+  py::class_<AccessRules>(m, "AccessRules", "The access rules the native publish path enforces.")
+      .def(py::init<std::optional<std::string>, std::vector<std::string>, std::vector<std::string>,
+                    std::vector<std::string>>(),
+           py::arg("token"), py::arg("origins"), py::arg("allow_topics"), py::arg("deny_topics"));
   py::class_<FastPub>(m, "FastPub", "Native path for POST /api/pub.")
-      .def(py::init<PublisherCache&, size_t, size_t>(), py::keep_alive<1, 2>(),
-           py::arg("publishers"), py::arg("max_body_bytes"), py::arg("max_header_bytes"))
+      .def(py::init<PublisherCache&, AccessRules, size_t, size_t>(), py::keep_alive<1, 2>(),
+           py::arg("publishers"), py::arg("rules"), py::arg("max_body_bytes"),
+           py::arg("max_header_bytes"))
       .def(
           "handle",
           [](FastPub& fast, py::buffer data) {
@@ -283,10 +288,11 @@ PYBIND11_MODULE(_native, m) {
               py::gil_scoped_release release;
               result = fast.handle(view);
             }
-            return py::make_tuple(result.consumed, py::bytes(result.response), result.needed);
+            return py::make_tuple(result.consumed, result.answered, py::bytes(result.response),
+                                  result.needed);
           },
-          "Answers the complete publishes at the start of `data`; returns "
-          "(bytes consumed, responses, bytes still needed for the next one).");
+          "Answers the complete publishes at the start of `data`; returns (bytes "
+          "consumed, requests answered, responses, bytes still needed for the next one).");
   m.def(
       "write_file",
       [](const std::string& path, const HeaderList& headers, std::string_view payload,

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import a0
@@ -406,6 +406,42 @@ def http_head_and_body(data: bytes) -> tuple[int, dict[str, str], bytes]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, body
+
+
+def request_bytes(
+    method: str, path: str, body: bytes = b"", headers: Iterable[str] = ()
+) -> bytes:
+    """A raw HTTP/1.1 request with a Content-Length and extra `headers` lines."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", *headers]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def read_raw_response(sock: socket.socket, buffer: bytearray) -> bytes:
+    """Reads one whole HTTP response with a Content-Length from `sock`.
+
+    `buffer` holds what was received beyond the responses read so far.
+    """
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        buffer += chunk
+    _, headers, rest = http_head_and_body(bytes(buffer))
+    size = len(buffer) - len(rest) + int(headers["content-length"])
+    while len(buffer) < size:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        buffer += chunk
+    response = bytes(buffer[:size])
+    del buffer[:size]
+    return response
+
+
+def read_response(
+    sock: socket.socket, buffer: bytearray
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the next response on `sock` (see above)."""
+    return http_head_and_body(read_raw_response(sock, buffer))
 
 
 def read_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:

@@ -7,7 +7,15 @@ import socket
 
 import httpx
 import pytest
-from helpers import TIMEOUT, Gateway, assert_nothing_written, read_topic, ws_connect
+from helpers import (
+    TIMEOUT,
+    Gateway,
+    assert_nothing_written,
+    read_response,
+    read_topic,
+    request_bytes,
+    ws_connect,
+)
 from websockets.exceptions import InvalidStatus
 
 MIB = 1024 * 1024
@@ -106,38 +114,6 @@ def test_http_body_of_exactly_16_mib_is_accepted(http: httpx.Client) -> None:
     response = http.post("/api/pub", content=body)
     assert response.status_code == 200
     assert [p.payload for p in read_topic("t")] == [b"x"]
-
-
-def read_response(
-    sock: socket.socket, buffer: bytearray
-) -> tuple[int, dict[str, str], bytes]:
-    """Reads one HTTP response with a Content-Length from `sock`."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before a response"
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside a body"
-        rest += chunk
-    buffer[:] = rest[length:]
-    return status, headers, rest[:length]
-
-
-def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 def test_http_keep_alive_serves_several_requests(gateway: Gateway) -> None:
