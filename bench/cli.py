@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
         help="name of the --compare server in the output (default B)",
     )
     g.add_argument(
+        "--token",
+        help="bearer token the first server wants; the a0gw the harness starts "
+        "is given it too",
+    )
+    g.add_argument(
+        "--compare-token", metavar="TOKEN", help="bearer token of the --compare server"
+    )
+    g.add_argument(
         "--serve-arg",
         action="append",
         default=[],
@@ -214,20 +222,29 @@ def main(argv: list | None = None) -> None:
     try:
         if args.url:
             targets.append(
-                external_target(args.label or "A", args.url, args.root, args.pid)
+                external_target(
+                    args.label or "A", args.url, args.root, args.pid, args.token
+                )
             )
         else:
             print("starting a0gw ...", file=sys.stderr, flush=True)
-            targets.append(
-                start_gateway(args.label or "a0gw", out, args.serve_arg, server_cpus)
-            )
+            serve_args = list(args.serve_arg)
+            if args.token:
+                serve_args += ["--token", args.token]
+            target = start_gateway(args.label or "a0gw", out, serve_args, server_cpus)
+            target.token = args.token
+            targets.append(target)
         if args.compare:
             label = args.compare_label
             if label == targets[0].label:
                 label += "2"
             targets.append(
                 external_target(
-                    label, args.compare, args.compare_root, args.compare_pid
+                    label,
+                    args.compare,
+                    args.compare_root,
+                    args.compare_pid,
+                    args.compare_token,
                 )
             )
         if settings.ceiling:

@@ -13,11 +13,15 @@ import socket
 import time
 
 
-def post_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    """A complete POST request with a JSON body."""
+def post_request(
+    host: str, port: int, path: str, body: bytes, token: str | None = None
+) -> bytes:
+    """A complete POST request with a JSON body (and a bearer token)."""
+    auth = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
     return (
         b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % (path.encode(), host.encode(), port, len(body))
+        b"%sContent-Length: %d\r\n\r\n"
+        % (path.encode(), host.encode(), port, auth, len(body))
     ) + body
 
 

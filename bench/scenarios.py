@@ -256,12 +256,13 @@ async def http_case(
     path: str,
     body: bytes,
     concurrency: int,
+    token: str | None = None,
 ) -> dict:
     meter = ProcessMeter(pid)
     r = await run_load(
         host,
         port,
-        post_request(host, port, path, body),
+        post_request(host, port, path, body, token),
         concurrency,
         ctx.s.warmup_s,
         ctx.s.duration_s,
@@ -314,6 +315,7 @@ class RestPub(Scenario):
             "/api/pub",
             body,
             case["concurrency"],
+            target.token,
         )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
@@ -370,6 +372,7 @@ class Rpc(Scenario):
             "/api/rpc",
             body,
             case["concurrency"],
+            target.token,
         )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
@@ -425,6 +428,7 @@ async def drain(
     scheduler: str,
     expected: int,
     budget: float | None = None,
+    path: str = "/wsapi/sub",
 ) -> dict:
     """Drains a pre-filled topic repeatedly for a time budget (default the case's)."""
     budget = budget or ctx.s.drain_s
@@ -443,7 +447,7 @@ async def drain(
         client = await WsClient.connect(
             host,
             port,
-            "/wsapi/sub",
+            path,
             handshake,
             ack=scheduler == "ON_ACK",
             marker=marker,
@@ -556,6 +560,7 @@ class WsDrain(Scenario):
             case["encoding"],
             case["scheduler"],
             expected,
+            path=target.ws_path("/wsapi/sub"),
         )
 
     async def ceiling(self, ctx: Ctx, case: dict) -> dict | None:
@@ -674,7 +679,7 @@ class LiveLatency(Scenario):
             client = await WsClient.connect(
                 target.host,
                 target.port,
-                "/wsapi/sub",
+                target.ws_path("/wsapi/sub"),
                 hs,
                 marker=END_MARKER,
                 on_messages=_stamp_reader(latencies, flags),
@@ -762,7 +767,7 @@ class Fanout(Scenario):
                         WsClient.connect(
                             target.host,
                             target.port,
-                            "/wsapi/sub",
+                            target.ws_path("/wsapi/sub"),
                             hs,
                             marker=END_MARKER,
                         )
@@ -879,7 +884,11 @@ class SlowConsumer(Scenario):
                 {"topic": topic, "init": "AWAIT_NEW", "scheduler": case["scheduler"]}
             ).encode()
             client = await WsClient.connect(
-                target.host, target.port, "/wsapi/sub", hs, marker=END_MARKER
+                target.host,
+                target.port,
+                target.ws_path("/wsapi/sub"),
+                hs,
+                marker=END_MARKER,
             )
             if not await _warm(peer, [client]):
                 return {"error": "no packet reached the subscriber during warm-up"}

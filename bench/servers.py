@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # The folder that holds the `bench` package: helper processes run from it so
 # `python -m bench.xxx` resolves, and import nothing else from it.
@@ -82,10 +82,16 @@ class Target:
     log_path: str | None = None
     temp_root: bool = False
     version: str | None = None
+    # Bearer token the server wants, sent with every request.
+    token: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def ws_path(self, path: str) -> str:
+        """`path` for a WebSocket upgrade, with the token as browsers send it."""
+        return f"{path}?token={quote(self.token)}" if self.token else path
 
     def describe(self) -> dict:
         return {
@@ -119,10 +125,17 @@ def parse_url(url: str) -> tuple:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-def external_target(label: str, url: str, root: str | None, pid: int | None) -> Target:
+def external_target(
+    label: str, url: str, root: str | None, pid: int | None, token: str | None = None
+) -> Target:
     host, port = parse_url(url)
     return Target(
-        label, host, port, root or os.environ.get("A0_ROOT") or DEFAULT_ROOT, pid=pid
+        label,
+        host,
+        port,
+        root or os.environ.get("A0_ROOT") or DEFAULT_ROOT,
+        pid=pid,
+        token=token,
     )
 
 
