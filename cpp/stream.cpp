@@ -497,6 +497,7 @@ void Stream::close() {
     }
     frames_.clear();
     offsets_.clear();
+    partial_front_ = false;
     queued_bytes_ = 0;
     source.swap(source_);
     cv_.notify_all();
