@@ -73,8 +73,10 @@ class HttpConnection(asyncio.Protocol):
         self.cors: bytes | None = b"*"
         # Fires when the client is too slow to send a request, or idles too long.
         self.timer: asyncio.TimerHandle | None = None
-        # Bytes of a publish the native fast path waits to see whole.
+        # Bytes of a publish the native fast path waits to see whole, and how
+        # many more of them it needs first.
         self.fast_buffer = bytearray()
+        self.fast_needed = 0
         # Whether any request was answered on this connection yet.
         self.served = False
 
@@ -120,6 +122,11 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         if self.fast_buffer:
             self.fast_buffer += data
+            if len(data) < self.fast_needed:
+                # Looking again only once the request is whole keeps a large
+                # body arriving in small pieces linear, not quadratic.
+                self.fast_needed -= len(data)
+                return b""
             data = bytes(self.fast_buffer)
             self.fast_buffer.clear()
         consumed, answered, responses, needed = fast.handle(data)
@@ -134,6 +141,7 @@ class HttpConnection(asyncio.Protocol):
         if needed:
             # A publish still arriving: wait for the rest of it.
             self.fast_buffer += rest
+            self.fast_needed = needed
             return b""
         return rest
 

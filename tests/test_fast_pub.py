@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -142,16 +143,22 @@ def test_fast_pub_split_request_is_answered_once_whole(
     gateway: Gateway, conn: socket.socket
 ) -> None:
     topic = unique()
-    data = request_bytes(
-        "POST",
-        "/api/pub",
-        publish(topic, "y" * 5000),
-        [f"Authorization: Bearer {TOKEN}", f"Origin: {ALLOWED_ORIGIN}"],
-    )
-    for at in range(0, len(data), 1000):
-        conn.sendall(data[at : at + 1000])
-    assert read_response(conn, bytearray())[::2] == (200, b"success")
-    assert [p.payload for p in read_topic(topic)] == [b"y" * 5000]
+    headers = [f"Authorization: Bearer {TOKEN}", f"Origin: {ALLOWED_ORIGIN}"]
+    first = request_bytes("POST", "/api/pub", publish(topic, "y" * 50000), headers)
+    second = request_bytes("POST", "/api/pub", publish(topic, "z"), headers)
+    # Small pieces, each its own read at the gateway; the second request
+    # starts in the piece that ends the first.
+    data = first + second
+    cut = len(first) - 10
+    for at in range(0, cut, 700):
+        conn.sendall(data[at : min(at + 700, cut)])
+        time.sleep(0.001)
+    conn.sendall(data[cut:])
+
+    buffer = bytearray()
+    assert read_response(conn, buffer)[::2] == (200, b"success")
+    assert read_response(conn, buffer)[::2] == (200, b"success")
+    assert [p.payload for p in read_topic(topic)] == [b"y" * 50000, b"z"]
 
 
 # --- Topic globs ---------------------------------------------------------------
