@@ -18,7 +18,7 @@ from typing import Callable, Union
 
 from a0gw import _native
 from a0gw.bridge import Bridge
-from a0gw.errors import ClientError, UpstreamTimeout
+from a0gw.errors import ClientError, PayloadTooLarge, UpstreamTimeout
 from a0gw.request import (
     HEADERS_FIELD,
     ITER_OPTIONS,
@@ -54,6 +54,8 @@ def native_errors() -> Iterator[None]:
         yield
     except _native.InvalidBase64 as exc:
         raise bad_format(PAYLOAD_FIELD, str(exc)) from None
+    except _native.PacketTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from None
     except _native.AlephZeroError as exc:
         raise ClientError(str(exc)) from None
 

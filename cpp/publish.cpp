@@ -5,6 +5,27 @@
 
 namespace a0gw {
 
+namespace {
+
+// Room the headers AlephZero's writers add to a packet take at most: the
+// standard five (times, writer id and sequence numbers) and an RPC's own,
+// with their index entries, rounded up generously.
+constexpr uint64_t kAddedHeadersBound = 1024;
+
+}  // namespace
+
+void check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what) {
+  if (file_size == 0) return;
+  a0_packet_stats_t stats;
+  if (a0_packet_stats(*pkt.c, &stats) != A0_OK) throw PacketTooLarge("Packet size unknown.");
+  uint64_t overhead = kTransportHeaderSize + sizeof(a0_transport_frame_hdr_t) + kAddedHeadersBound;
+  if (stats.serial_size + overhead <= file_size) return;
+  uint64_t room = file_size > overhead ? file_size - overhead : 0;
+  throw PacketTooLarge("Packet of " + std::to_string(stats.serial_size) + " bytes does not fit in " +
+                       what + ": its file has " + std::to_string(file_size) +
+                       " bytes, room for packets up to about " + std::to_string(room) + ".");
+}
+
 a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,
                        std::string& decoded) {
   std::unordered_multimap<std::string, std::string> header_map(headers.begin(), headers.end());
@@ -25,7 +46,10 @@ void PublisherCache::publish(const std::string& topic, const HeaderList& headers
   try {
     a0::Publisher& publisher =
         publishers_.get(topic, [](const std::string& t) { return a0::Publisher(t); });
+    check_packet_fits(pkt, publishers_.file_size(topic), "topic '" + topic + "'");
     publisher.pub(pkt);
+  } catch (const PacketTooLarge&) {
+    throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
   }
@@ -37,9 +61,13 @@ void write_file(const std::string& path, const HeaderList& headers, std::string_
   a0::Packet pkt = make_packet(headers, payload, payload_is_base64, decoded);
   try {
     check_alephzero_file(path);
-    a0::Writer writer{a0::File(path)};
+    a0::File file(path);
+    check_packet_fits(pkt, file.size(), "file '" + path + "'");
+    a0::Writer writer{file};
     if (standard_headers) writer.push(a0::add_standard_headers());
     writer.write(pkt);
+  } catch (const PacketTooLarge&) {
+    throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
   }

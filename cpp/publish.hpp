@@ -25,6 +25,17 @@ struct InvalidBase64 : std::invalid_argument {
         offset(off) {}
 };
 
+// A packet too large for the AlephZero file it would be written to.  AlephZero
+// 0.3 does not check this itself: its writer writes past the end of the file.
+struct PacketTooLarge : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// Throws PacketTooLarge unless `pkt`, with the headers AlephZero's writers
+// add, fits in an AlephZero file of `file_size` bytes (0: unknown, not
+// checked); `what` names the file in the message.
+void check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what);
+
 // Builds a packet, decoding a base64 payload first.  The packet refers to
 // `payload` or to `decoded`, which must outlive it.  Raises InvalidBase64.
 a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,

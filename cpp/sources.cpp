@@ -1,6 +1,7 @@
 #include "sources.hpp"
 
 #include "encoding.hpp"
+#include "publish.hpp"
 
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,8 @@ template <typename Fn>
 auto rethrow_as_alephzero_error(Fn&& fn) -> decltype(fn()) {
   try {
     return fn();
+  } catch (const PacketTooLarge&) {
+    throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
   }
@@ -154,6 +157,8 @@ std::shared_ptr<Stream> open_prpc(std::shared_ptr<Hub> hub, uint64_t id, const s
     check_topic_file(a0::env::topic_tmpl_prpc(), topic);
     auto session = std::make_shared<PrpcSession>();
     session->client = a0::PrpcClient(a0::PrpcTopic(topic));
+    check_packet_fits(request, topic_file_identity(a0::env::topic_tmpl_prpc(), topic).size,
+                      "prpc topic '" + topic + "'");
     session->connection_id = std::string(request.id());
     return session;
   });
@@ -217,6 +222,7 @@ std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
     // rather than freed.
     a0::RpcClient& client =
         clients_.get(topic, [](const std::string& t) { return a0::RpcClient(t); });
+    check_packet_fits(request, clients_.file_size(topic), "rpc topic '" + topic + "'");
     client.send(request, [stream](a0::Packet reply) { stream->deliver_packet(reply); });
   });
   return stream;

@@ -26,6 +26,7 @@ namespace a0gw {
 struct FileIdentity {
   uint64_t dev = 0;
   uint64_t ino = 0;
+  uint64_t size = 0;  // Bytes, when it was looked at; not part of the identity.
   bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
 };
 
@@ -34,7 +35,8 @@ inline FileIdentity topic_file_identity(const char* tmpl, const std::string& top
   std::string path = std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return {};
-  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+          static_cast<uint64_t>(st.st_size)};
 }
 
 // Whether `path` (which may not exist yet) resolves, through any symbolic
@@ -133,6 +135,12 @@ class TopicCache {
     T object = make(topic);
     Entry entry{std::move(object), topic_file_identity(tmpl, topic)};
     return entries_.emplace(topic, std::move(entry)).first->second.object;
+  }
+
+  // Size of the file behind the object open for `topic` (0: unknown).
+  uint64_t file_size(const std::string& topic) const {
+    auto it = entries_.find(topic);
+    return it == entries_.end() ? 0 : it->second.identity.size;
   }
 
   // The object for `topic` if one is open, else nullptr.
