@@ -85,19 +85,24 @@ constexpr size_t kStateOffsets[] = {0x40, 0x48, 0x50, 0x68, 0x70, 0x78};
 // enough for the transport header, which is either still all zeros (a new
 // file AlephZero will initialize) or starts with AlephZero's magic and points
 // only inside the file (a truncated file would send readers past its end).
+// A FIFO, socket or device is refused before anything opens it: opening a
+// FIFO waits for a writer, and that would stall whoever asked.
 inline void check_alephzero_file(const std::string& path) {
   static constexpr char kMagic[] = "ALEPHZERO";  // With its NUL: 10 bytes.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;  // Missing: AlephZero creates it.
-  unsigned char head[kTransportHeaderSize] = {};
-  struct stat st;
-  bool ok = ::fstat(fd, &st) == 0;
-  ssize_t n = ok ? ::pread(fd, head, sizeof(head), 0) : -1;
-  ::close(fd);
-  if (!ok || !S_ISREG(st.st_mode)) return;  // AlephZero reports these itself.
   auto bad = [&](const char* why) {
     throw NotAlephZeroFile(std::string("Not an AlephZero file (") + why + "): " + path);
   };
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || S_ISDIR(st.st_mode)) return;  // AlephZero reports these.
+  if (!S_ISREG(st.st_mode)) bad("not a regular file");
+  // Non-blocking, in case the file was replaced by a FIFO since the stat.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;  // Gone again: AlephZero creates it.
+  unsigned char head[kTransportHeaderSize] = {};
+  bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  ssize_t n = ok ? ::pread(fd, head, sizeof(head), 0) : -1;
+  ::close(fd);
+  if (!ok) bad("not a regular file");
   if (size_t(st.st_size) < kTransportHeaderSize || n != ssize_t(sizeof(head))) bad("truncated");
   if (std::all_of(head, head + sizeof(head), [](unsigned char c) { return c == 0; })) return;
   if (std::memcmp(head, kMagic, sizeof(kMagic)) != 0) bad("bad header");

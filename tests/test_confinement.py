@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -321,6 +322,45 @@ def test_foreign_file_of_topic_is_refused(
         reason = ws_refusal(gateway, route, {"topic": "t", "init": "OLDEST"})
     assert reason.startswith(NOT_A0), reason
     assert contents_of(path) == contents
+    assert_serving(gateway)
+
+
+SPECIAL_FILE_OF_ROUTE = {
+    "/api/write": "special.a0",
+    "/wsapi/read": "special.a0",
+    "/api/pub": "special.pubsub.a0",
+    "/wsapi/sub": "special.pubsub.a0",
+    "/api/rpc": "special.rpc.a0",
+    "/wsapi/prpc": "special.prpc.a0",
+    "/wsapi/log": "special.log.a0",
+}
+
+
+def make_special(path: str, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+@pytest.mark.parametrize("route", REST_PATH + WS_PATH + REST_TOPIC + WS_TOPIC)
+def test_special_file_is_refused_without_stalling(
+    gateway: Gateway, root: str, route: str, kind: str
+) -> None:
+    # Opening a FIFO for reading waits for a writer: the gateway must refuse
+    # it without opening it, and keep serving everyone else.
+    make_special(os.path.join(root, SPECIAL_FILE_OF_ROUTE[route]), kind)
+    name_field = "path" if route in REST_PATH + WS_PATH else "topic"
+    name = "special.a0" if name_field == "path" else "special"
+    if route.startswith("/api/"):
+        response = rest(gateway, route, rest_body(route, name_field, name))
+        assert response.status_code == 400
+        reason = response.text
+    else:
+        reason = ws_refusal(gateway, route, {name_field: name})
+    assert reason.startswith(NOT_A0 + " (not a regular file)"), reason
     assert_serving(gateway)
 
 
