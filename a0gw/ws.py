@@ -178,15 +178,23 @@ class WebSocketConnection(asyncio.Protocol):
                 self._receive_fragment(frame.opcode, bytes(frame.data), frame.fin)
             elif frame.opcode is Opcode.PONG:
                 self._schedule_ping()
+        self._log_too_large_close()
+        self._flush()
+
+    def _log_too_large_close(self) -> None:
+        """Says which side's size limit a 1009 close came from."""
         sent = self.protocol.close_sent
-        if (
-            sent is not None
-            and sent.code == PayloadTooLarge.close_code
-            and not self.closing
-        ):
+        if sent is None or sent.code != PayloadTooLarge.close_code or self.closing:
+            return
+        if self.protocol.close_rcvd_then_sent:
+            # The client's own limit: the gateway only echoes its close.
+            logger.info(
+                "Client closed %s (1009): a message was larger than it accepts",
+                self.path,
+            )
+        else:
             limit = self.gateway.config.max_message_bytes
             logger.warning("WebSocket message over %d bytes on %s", limit, self.path)
-        self._flush()
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()

@@ -24,11 +24,13 @@ from helpers import (
     http_head_and_body,
     read_until_closed,
     recv_packet,
+    wait_for_log,
     wait_for_warning,
     wait_until,
     warnings_logged,
     ws_connect,
 )
+from websockets.exceptions import ConnectionClosed
 
 StartGateway = Callable[..., Gateway]
 MIB = 1024 * 1024
@@ -162,6 +164,20 @@ def test_max_message_hit_is_logged(start_gateway: StartGateway) -> None:
         ws.send(padded({"topic": "t"}, 1001).decode())
         expect_close(ws, 1009)
     wait_for_warning(gateway, "1000", timeout=2)
+
+
+def test_client_closing_for_its_own_limit_is_not_logged_as_ours(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = start_gateway(args=["--max-message", "1000"])
+    with ws_connect(gateway, "/wsapi/sub", max_size=100) as ws:
+        handshake(ws, topic="t", init="OLDEST")
+        a0.Publisher("t").pub("x" * 500)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=TIMEOUT)
+    wait_for_log(gateway, "a message was larger than it accepts")
+    assert warnings_logged(gateway, "WebSocket message over") == []
+    assert_serving(gateway)
 
 
 def test_max_message_default_is_16_mib(gateway: Gateway) -> None:
