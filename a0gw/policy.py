@@ -98,19 +98,21 @@ class AccessPolicy:
         """
         if self.token is None:
             return
+        # Compared as UTF-8 bytes: that is how clients send a token outside
+        # ASCII in a header, and how `token=` percent-escapes decode.
         offered = None
         for name, value in headers:
             if name.lower() == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
                     offered = credentials.strip()
         if offered is None:
             query = target.partition("?")[2]
             values = parse_qs(query).get("token")
-            offered = values[0] if values else None
+            offered = values[0].encode() if values else None
         if offered is None:
             raise Unauthorized("Missing bearer token.")
-        if not hmac.compare_digest(offered.encode(), self.token.encode()):
+        if not hmac.compare_digest(offered, self.token.encode()):
             raise Unauthorized("Invalid bearer token.")
 
     def origin_allowed(self, origin: str | None) -> bool:

@@ -221,6 +221,22 @@ def test_token_from_environment(start_gateway: StartGateway) -> None:
         assert http.get("/api/ls").status_code == 200
 
 
+def test_token_outside_ascii_compares_as_utf8(start_gateway: StartGateway) -> None:
+    token = "t\u00f6k\u20acn"
+    gateway = start(start_gateway, "gw-utf8", "--token", token)
+    body = pub_body(unique())
+    with httpx.Client(base_url=gateway.url, timeout=TIMEOUT, trust_env=False) as http:
+        utf8 = {"Authorization": b"Bearer " + token.encode()}
+        assert http.post("/api/pub", json=body, headers=utf8).status_code == 200
+        latin1 = {"Authorization": b"Bearer " + token.encode("latin-1", "replace")}
+        response = http.post("/api/pub", json=body, headers=latin1)
+        assert response.status_code == 401
+        assert response.text == "Invalid bearer token."
+        query = "/api/pub?token=t%C3%B6k%E2%82%ACn"
+        assert http.post(query, json=body).status_code == 200
+    assert [p.payload for p in read_topic(body["topic"])] == [b"x", b"x"]
+
+
 # --- Origins -------------------------------------------------------------------
 
 OK = "https://ok.example"
