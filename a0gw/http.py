@@ -186,6 +186,10 @@ class HttpConnection(asyncio.Protocol):
                 self.body = []
                 self.body_size = 0
                 self.rejected = False
+                if self._declared_body_size(event) > self.gateway.config.max_body_bytes:
+                    # Refused from its Content-Length, before any of the body.
+                    self._refuse_large_body()
+                    return
                 if self.h11.they_are_waiting_for_100_continue:
                     # RFC 9110 §10.1.1: tell the client to send its body.
                     continue_response = h11.InformationalResponse(
@@ -217,22 +221,33 @@ class HttpConnection(asyncio.Protocol):
             size += len(name) + len(value) + 4
         return size
 
+    @staticmethod
+    def _declared_body_size(request: h11.Request) -> int:
+        """The Content-Length of `request` (h11 has checked it), or 0."""
+        for name, value in request.headers:
+            if name == b"content-length":
+                return int(value)
+        return 0
+
     def _receive_body(self, data: bytes) -> None:
         if self.rejected:
             return
         self.body_size += len(data)
         if self.body_size > self.gateway.config.max_body_bytes:
-            self.rejected = True
-            self.body = []
-            limit = self.gateway.config.max_body_bytes
-            logger.warning("Request body over %d bytes refused", limit)
-            # The client may still be sending: answer now and close.
-            exc = PayloadTooLarge(f"Request body is larger than {limit} bytes.")
-            self._respond(exc.status, exc.reason.encode(), extra=[CLOSE_HEADER])
-            assert self.transport is not None
-            self.transport.close()
+            self._refuse_large_body()
             return
         self.body.append(data)
+
+    def _refuse_large_body(self) -> None:
+        self.rejected = True
+        self.body = []
+        limit = self.gateway.config.max_body_bytes
+        logger.warning("Request body over %d bytes refused", limit)
+        # The client may still be sending: answer now and close.
+        exc = PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+        self._respond(exc.status, exc.reason.encode(), extra=[CLOSE_HEADER])
+        assert self.transport is not None
+        self.transport.close()
 
     def _dispatch(self) -> None:
         request = self.request

@@ -94,6 +94,30 @@ def test_max_body_option(start_gateway: StartGateway, root: str, route: str) -> 
     assert_serving(gateway)
 
 
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "100-continue"])
+def test_max_body_refused_from_content_length_before_the_body(
+    start_gateway: StartGateway, root: str, expect: bool
+) -> None:
+    # The request timeout is far longer than the wait here: only a refusal
+    # from the head alone answers in time.
+    gateway = start_gateway(args=["--max-body", "1000", "--handshake-timeout", "60"])
+    head = (
+        b"POST /api/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1001\r\n"
+    )
+    if expect:
+        head += b"Expect: 100-continue\r\n"
+    with connect_raw(gateway) as sock:
+        sock.sendall(head + b"\r\n")
+        status, headers, body = http_head_and_body(read_until_closed(sock))
+    assert status == 413
+    assert body == b"Request body is larger than 1000 bytes."
+    assert headers["connection"] == "close"
+    wait_for_warning(gateway, "Request body over 1000 bytes")
+    assert os.listdir(root) == ["api.deadman"]
+    assert_serving(gateway)
+
+
 def test_max_body_413_keeps_keep_alive_clients_working(
     start_gateway: StartGateway,
 ) -> None:
