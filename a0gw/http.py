@@ -48,6 +48,9 @@ PREFLIGHT_HEADERS = [
 SERVER_HEADER = (b"server", b"a0gw")
 CLOSE_HEADER = (b"connection", b"close")
 TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&]*")
+# The Python repr of the bytes h11 quotes in some of its errors, e.g.
+# "illegal request line: bytearray(b'HELLO')": kept in the log, not sent.
+QUOTED_BYTES = re.compile(r":\s*(?:bytearray\()?b['\"].*$", re.DOTALL)
 # RFC 9110 §11.6.1: a 401 names the scheme the client must use.
 AUTHENTICATE_HEADER = (b"www-authenticate", b'Bearer realm="a0gw"')
 
@@ -452,7 +455,10 @@ class HttpConnection(asyncio.Protocol):
         status = exc.error_status_hint
         logger.warning("Malformed HTTP request: %s", exc)
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            reason = "Request header is too large." if status == 431 else str(exc)
+            if status == 431:
+                reason = "Request header is too large."
+            else:
+                reason = QUOTED_BYTES.sub("", str(exc))
             self._write_raw_response(status, reason)
         else:
             assert self.transport is not None

@@ -11,8 +11,11 @@ from helpers import (
     TIMEOUT,
     Gateway,
     assert_nothing_written,
+    assert_serving,
+    http_head_and_body,
     read_response,
     read_topic,
+    read_until_closed,
     request_bytes,
     ws_connect,
 )
@@ -159,3 +162,36 @@ def test_http_websocket_upgrade_on_unknown_path_is_404(gateway: Gateway) -> None
     with pytest.raises(InvalidStatus) as info, ws_connect(gateway, "/wsapi/nope"):
         pass
     assert info.value.response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "request_data, reason",
+    [
+        pytest.param(b"HELLO\r\n\r\n", "illegal request line", id="request-line"),
+        pytest.param(
+            b"GET /api/ls HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+            "illegal header line",
+            id="header-line",
+        ),
+        pytest.param(
+            b"POST /api/pub HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\nzz\r\n",
+            "illegal chunk header",
+            id="chunk-header",
+        ),
+        pytest.param(
+            b"GET /api/ls HTTP/1.1\r\n\r\n",
+            "Missing mandatory Host: header",
+            id="no-host",
+        ),
+    ],
+)
+def test_malformed_request_gets_400_with_reason_and_no_internals(
+    gateway: Gateway, request_data: bytes, reason: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request_data)
+        status, _, body = http_head_and_body(read_until_closed(sock))
+    assert status == 400
+    assert body.decode() == reason
+    assert_serving(gateway)
