@@ -230,11 +230,15 @@ void Stream::deliver_packet(const PacketView& pkt, std::optional<bool> done) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!accepting_locked()) return;
 
-    // Packets the topic's ring overwrote before this reader got to them.
+    // Packets the topic's ring overwrote before this reader got to them:
+    // since the last one delivered, or since the seq the client asked to
+    // start at.
     if (opts_.report_gaps && seq) {
-      if (last_seq_ && *seq > *last_seq_ + 1) {
-        dropped_pending_ += *seq - *last_seq_ - 1;
-        dropped_total_ += *seq - *last_seq_ - 1;
+      std::optional<uint64_t> before = last_seq_;
+      if (!before && opts_.seq_min && *opts_.seq_min > 0) before = *opts_.seq_min - 1;
+      if (before && *seq > *before + 1) {
+        dropped_pending_ += *seq - *before - 1;
+        dropped_total_ += *seq - *before - 1;
       }
       last_seq_ = seq;
     }

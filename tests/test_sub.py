@@ -354,6 +354,27 @@ def test_sub_next_reports_packets_the_ring_overwrote(gateway: Gateway) -> None:
         assert header(after, "a0gw_dropped") == str(skipped)
 
 
+def test_sub_integer_init_reports_packets_overwritten_since_that_seq(
+    gateway: Gateway,
+) -> None:
+    # A client resuming at N after the ring overwrote N onwards learns how
+    # many it missed, as a client that falls behind does.
+    publisher = a0.Publisher("ring")
+    for _ in range(20):
+        publisher.pub("x" * (1024 * 1024))
+    publisher.pub("last")
+    with ws_connect(gateway, "/wsapi/sub") as ws:
+        handshake(ws, topic="ring", init=2)
+        first = recv_packet(ws)
+        assert seq(first) > 2
+        assert header(first, "a0gw_dropped") == str(seq(first) - 2)
+    with ws_connect(gateway, "/wsapi/sub") as ws:
+        handshake(ws, topic="ring", init=seq(first))
+        again = recv_packet(ws)
+        assert seq(again) == seq(first)
+        assert "a0gw_dropped" not in dict(again["headers"])
+
+
 def test_sub_on_ack_first_packet_waits_for_publish(gateway: Gateway) -> None:
     with ws_connect(gateway, "/wsapi/sub") as ws:
         handshake(ws, topic="t", init="OLDEST", scheduler="ON_ACK")
