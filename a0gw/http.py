@@ -370,6 +370,7 @@ class HttpConnection(asyncio.Protocol):
             return
 
         origin = self._origin()
+        self.cors = self.gateway.policy.cors_origin(origin)
         try:
             if not self.gateway.policy.origin_allowed(origin):
                 raise Forbidden(f"Origin {origin} is not allowed.")
@@ -387,23 +388,25 @@ class HttpConnection(asyncio.Protocol):
         connection = WebSocketConnection(self.gateway, opener, path)
         self.gateway.http_connections.discard(self)
         self._stop_timer()
-        connection.accept(self.transport, WsRequest(target, headers), trailing)
+        connection.accept(
+            self.transport, WsRequest(target, headers), trailing, self.cors
+        )
 
     def _write_raw_response(self, status: int, text: str) -> None:
         """Answers outside h11's state machine, then closes."""
         assert self.transport is not None
         body = text.encode()
         reason = HTTPStatus(status).phrase
-        cors = b""
+        extra = b": ".join(SERVER_HEADER) + b"\r\n"
         if self.cors is not None:
-            cors = b"access-control-allow-origin: " + self.cors + b"\r\n"
+            extra += b"access-control-allow-origin: " + self.cors + b"\r\n"
         if status == Unauthorized.status:
-            cors += b": ".join(AUTHENTICATE_HEADER) + b"\r\n"
+            extra += b": ".join(AUTHENTICATE_HEADER) + b"\r\n"
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n"
         ).encode()
-        self.transport.write(head + cors + b"\r\n" + body)
+        self.transport.write(head + extra + b"\r\n" + body)
         self.transport.close()
 
     # Responses

@@ -95,12 +95,22 @@ class WebSocketConnection(asyncio.Protocol):
     # Public methods
 
     def accept(
-        self, transport: asyncio.Transport, request: Request, trailing: bytes
+        self,
+        transport: asyncio.Transport,
+        request: Request,
+        trailing: bytes,
+        cors: bytes | None,
     ) -> None:
-        """Completes the opening handshake on `transport`, then serves it."""
+        """Completes the opening handshake on `transport`, then serves it.
+
+        `cors` is the Access-Control-Allow-Origin to answer with, if any.
+        """
         self.transport = transport
         # websockets checks the upgrade request and computes the response.
         response = ServerProtocol(logger=protocol_logger).accept(request)
+        response.headers["Server"] = "a0gw"
+        if cors is not None:
+            response.headers["Access-Control-Allow-Origin"] = cors.decode("latin-1")
         transport.set_protocol(self)
         transport.write(response.serialize())
         if response.status_code != 101:

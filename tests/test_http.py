@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Callable
 
 import httpx
 import pytest
@@ -162,6 +163,47 @@ def test_http_websocket_upgrade_on_unknown_path_is_404(gateway: Gateway) -> None
     with pytest.raises(InvalidStatus) as info, ws_connect(gateway, "/wsapi/nope"):
         pass
     assert info.value.response.status_code == 404
+
+
+def upgrade_head(port: int, path: str, version: str = "13") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: {version}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        pytest.param(lambda port: upgrade_head(port, "/wsapi/sub"), 101, id="101"),
+        pytest.param(
+            lambda port: upgrade_head(port, "/wsapi/sub", "8"), 400, id="bad-version"
+        ),
+        pytest.param(lambda port: upgrade_head(port, "/wsapi/nope"), 404, id="404"),
+        pytest.param(
+            lambda port: (
+                b"POST /api/pub HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+            ),
+            400,
+            id="bad-content-length",
+        ),
+    ],
+)
+def test_http_upgrade_and_raw_answers_name_server_and_cors(
+    gateway: Gateway, head: Callable[[int], bytes], status: int
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head(gateway.port))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    got, headers, _ = http_head_and_body(data)
+    assert got == status
+    assert headers["server"] == "a0gw"
+    assert headers["access-control-allow-origin"] == "*"
 
 
 @pytest.mark.parametrize(
