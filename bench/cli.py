@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -27,6 +29,36 @@ from bench.stats import OtherLoad
 MIB = 1024 * 1024
 
 
+def _positive(kind: type):
+    """An argparse type: a finite number of `kind` above zero."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _cpus(text: str) -> set | None:
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pid(text: str) -> int:
+    pid = _positive(int)(text)
+    if not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no process with pid {pid}")
+    return pid
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -37,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="short runs (about a minute for everything); default is the full run",
+        help="short runs (about a minute and a half for everything); default is "
+        "the full run",
     )
     p.add_argument(
         "--scenario",
@@ -60,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "/dev/shm/alephzero)",
     )
     g.add_argument(
-        "--pid", type=int, help="pid of --url's server, for CPU and memory figures"
+        "--pid", type=_pid, help="pid of --url's server, for CPU and memory figures"
     )
     g.add_argument(
         "--label",
@@ -78,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "/dev/shm/alephzero)",
     )
     g.add_argument(
-        "--compare-pid", type=int, metavar="PID", help="pid of the --compare server"
+        "--compare-pid", type=_pid, metavar="PID", help="pid of the --compare server"
     )
     g.add_argument(
         "--compare-label",
@@ -104,37 +137,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--client-cpus",
+        type=_cpus,
         metavar="LIST",
         help="pin the harness (load generators) and the AlephZero peers to these "
         "CPUs, e.g. 0 or 0-1",
     )
     g.add_argument(
         "--server-cpus",
+        type=_cpus,
         metavar="LIST",
         help="pin the a0gw the harness starts, and the canned sender, to these CPUs",
     )
     t = p.add_argument_group("run length")
     t.add_argument(
         "--rounds",
-        type=int,
+        type=_positive(int),
         help="measurements per case and server (default 1 quick, 3 full)",
     )
     t.add_argument(
         "--time-scale",
-        type=float,
+        type=_positive(float),
         default=1.0,
         metavar="F",
         help="multiply every warm-up and measuring time by F",
     )
     t.add_argument(
         "--fanout-rate",
-        type=float,
+        type=_positive(float),
         metavar="PKT_S",
         help="publish rate of the fanout scenario (default 1000)",
     )
     t.add_argument(
         "--slow-mib",
-        type=int,
+        type=_positive(int),
         metavar="MIB",
         help="MiB published in slow_consumer (default 128 quick, 1024 full)",
     )
@@ -179,17 +214,40 @@ async def _run_all(ctx: Ctx, names: list, results: dict) -> None:
 
 
 def _run(coro) -> None:
+    """Runs `coro` on uvloop (asyncio without it); SIGTERM cancels it."""
+
+    async def cancellable() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
+        asyncio.run(cancellable())
         return
-    uvloop.run(coro)
+    uvloop.run(cancellable())
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # As Ctrl-C: the finally blocks stop the gateway and peers and remove roots.
+    raise KeyboardInterrupt
 
 
 def main(argv: list | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for option in ("root", "pid", "token"):
+        if getattr(args, f"compare_{option}") is not None and not args.compare:
+            parser.error(f"--compare-{option} needs --compare")
     names = _scenarios(args.scenario)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = Settings.make(
         args.quick,
         args.time_scale,
@@ -209,8 +267,8 @@ def main(argv: list | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"{started.strftime('%H%M%S')}_{os.getpid()}"
 
-    client_cpus = parse_cpus(args.client_cpus)
-    server_cpus = parse_cpus(args.server_cpus)
+    client_cpus = args.client_cpus
+    server_cpus = args.server_cpus
     if client_cpus:
         # Peers started later inherit it.
         os.sched_setaffinity(0, client_cpus)
@@ -219,6 +277,7 @@ def main(argv: list | None = None) -> None:
     load = None
     peer_log = open(out / "peers.log", "ab")  # noqa: SIM115 - closed in the finally below
     results: dict = {"scenarios": [], "failures": []}
+    interrupted = False
     try:
         if args.url:
             targets.append(
@@ -275,7 +334,16 @@ def main(argv: list | None = None) -> None:
         load = OtherLoad([t.pid for t in targets if t.proc is None and t.pid]).start()
         ctx = Ctx(settings, targets, canned, run_id, peer_log)
         t0 = time.perf_counter()
-        _run(_run_all(ctx, names, results))
+        try:
+            _run(_run_all(ctx, names, results))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            interrupted = True
+            print(
+                "interrupted: stopping; the scenarios that finished are reported",
+                file=sys.stderr,
+                flush=True,
+            )
+            results["meta"]["interrupted"] = True
         results["meta"]["loadavg_after"] = _loadavg()
         results["meta"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
     finally:
@@ -297,6 +365,8 @@ def main(argv: list | None = None) -> None:
     report.annotate(results)
     report.write_json(results, out / "results.json")
     md = report.markdown(results)
+    if interrupted:
+        md += "\n**Interrupted**: only the scenarios that finished are reported.\n"
     if results["failures"]:
         md += (
             "\n## Failures\n\n"
@@ -320,5 +390,7 @@ def main(argv: list | None = None) -> None:
         f"{'' if written else f' (no plots: {why})'}",
         file=sys.stderr,
     )
+    if interrupted:
+        sys.exit(130)
     if results["failures"]:
         sys.exit(1)

@@ -23,14 +23,37 @@ DEFAULT_ROOT = "/dev/shm/alephzero"
 
 
 def parse_cpus(text: str | None) -> set | None:
-    """'0', '0,1' or '0-3' as a set of CPU numbers; None stays None."""
+    """'0', '0,1' or '0-3' as a set of CPU numbers; None stays None.
+
+    Raises ValueError for anything else, or for CPUs this process may not use.
+    """
     if not text:
         return None
     cpus: set = set()
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 0, 0,1 or 0-3)") from None
+        cpus.update(range(first, last + 1))
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise ValueError(
+            f"CPUs {text!r} are not all available here "
+            f"(usable: {', '.join(map(str, sorted(usable)))})"
+        )
     return cpus
+
+
+def die_with_parent() -> None:
+    """In a child about to exec: have the kernel send it SIGTERM when the
+    harness dies, however it dies, so no gateway or peer outlives a run."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def pin(pid: int, cpus: set | None) -> None:
@@ -182,8 +205,8 @@ def start_gateway(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
-    pin(proc.pid, cpus)
     target = Target(
         label,
         "127.0.0.1",
@@ -196,11 +219,16 @@ def start_gateway(
         version=version,
     )
     try:
+        pin(proc.pid, cpus)
         wait_for_port("127.0.0.1", port, 60, proc)
     except RuntimeError as exc:
         target.stop()
         tail = log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"a0gw did not start: {exc}\n{tail}") from None
+    except BaseException:
+        # Interrupted while it starts: nobody else knows of it yet.
+        target.stop()
+        raise
     return target
 
 
@@ -213,6 +241,7 @@ class Canned:
             cwd=PACKAGE_PARENT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            preexec_fn=die_with_parent,
         )
         pin(self.proc.pid, cpus)
         assert self.proc.stdout is not None
@@ -254,6 +283,7 @@ class Peer:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            preexec_fn=die_with_parent,
         )
         return cls(proc, " ".join(args[:2]))
 
