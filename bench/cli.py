@@ -19,6 +19,7 @@ from bench import report
 from bench.scenarios import SCENARIOS, Ctx, Settings, run_scenario
 from bench.servers import (
     Canned,
+    check_external,
     external_target,
     parse_cpus,
     pingpong_us,
@@ -306,6 +307,9 @@ def main(argv: list | None = None) -> None:
                     args.compare_token,
                 )
             )
+        for t in targets:
+            if t.proc is None:
+                check_external(t, f"bench_{run_id}/root_check")
         if settings.ceiling:
             canned = Canned(server_cpus)
         results["meta"] = {

@@ -175,7 +175,10 @@ async def run_load(
         try:
             await asyncio.wait_for(state.idle, 10)
         except asyncio.TimeoutError:
-            pass
+            # Unanswered 10 s after the window: each counts as an error.
+            state.errors += state.in_flight
+            if state.first_error is None:
+                state.first_error = f"{state.in_flight} request(s) never answered"
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()

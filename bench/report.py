@@ -202,6 +202,13 @@ def markdown(results: dict) -> str:
         f"load average before {meta['loadavg_before']}; "
         f"other processes used {load.get('other_load_pct', '?')}% of it during the run"
         f" (steal {load.get('steal_pct', '?')}%)"
+        + (
+            ", counting the servers measured without --pid / --compare-pid"
+            if any(
+                not t["started_by_harness"] and not t["pid"] for t in results["targets"]
+            )
+            else ""
+        )
     )
     pp = meta.get("pingpong") or {}
     if pp:
@@ -236,10 +243,13 @@ def markdown(results: dict) -> str:
             f"- `{labels[0]}/{labels[1]}` is the ratio of the scenario's main metric "
             "(median over rounds of the per-round pairs)"
         )
-    lines.append(
-        "- `ceiling`: the same client against a trivial local sender; `vs ceiling` "
-        f"≥ {int(NEAR_CEILING * 100)}% (marked !) means the client may be the limit"
-    )
+    if any("ceiling" in e for scen in results["scenarios"] for e in scen["cases"]):
+        lines.append(
+            "- `ceiling`: the same client against a trivial local sender; `vs ceiling` "
+            f"≥ {int(NEAR_CEILING * 100)}% (marked !) means the client may be the "
+            "limit; above 100% (marked !!) the server outran the sender, so that "
+            "ceiling is the sender's: the client did at least the server's figure"
+        )
     lines.append("")
     for scen in results["scenarios"]:
         name = scen["name"]
@@ -278,7 +288,13 @@ def markdown(results: dict) -> str:
                         "-"
                         if share is None
                         else f"{share * 100:.0f}%"
-                        + (" !" if share >= NEAR_CEILING else "")
+                        + (
+                            " !!"
+                            if share > 1
+                            else " !"
+                            if share >= NEAR_CEILING
+                            else ""
+                        )
                     )
                 else:
                     row += ["-", "-"]
@@ -288,7 +304,9 @@ def markdown(results: dict) -> str:
                     value, target = _ref_text(ref)
                     got = entry["result"].get(labels[0], {}).get(ref["metric"])
                     status = entry.get("verdict") or "-"
-                    if got is not None and ref["metric"] != "p99_ms":
+                    if got is not None and ref["metric"] == "p99_ms":
+                        status += f" ({got:.2f} ms)"
+                    elif got is not None:
                         status += f" ({human(got)})"
                     row += [value, target, status]
                 else:
@@ -313,11 +331,29 @@ def plots(results: dict, out: Path) -> list:
     styles = ["-", "--"]
     by_name = {s["name"]: s for s in results["scenarios"]}
 
+    from matplotlib.ticker import FuncFormatter
+
     def save(fig, name: str) -> None:
+        if not any(ax.has_data() for ax in fig.axes):
+            # Every case of the scenario failed: no empty picture.
+            plt.close(fig)
+            return
+        for ax in fig.axes:
+            handles = ax.get_legend_handles_labels()[0]
+            if handles:
+                ax.legend(fontsize=7, ncol=2 if len(handles) > 8 else 1)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         written.append(name)
+
+    def readable_log_ticks(axis) -> None:
+        """Plain numbers on a log axis, minor ticks labelled at 2 and 5 only,
+        so that a range within one decade still reads and labels never touch."""
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else "")
+        )
 
     def size_axis(ax, sizes) -> None:
         ax.set_xscale("log", base=2)
@@ -354,7 +390,6 @@ def plots(results: dict, out: Path) -> list:
         ax.set_yscale("log")
         ax.set_ylabel("requests/s")
         ax.set_title("REST publish throughput")
-        ax.legend(fontsize=8)
         save(fig, "rest_pub.png")
 
     if "ws_drain" in by_name:
@@ -392,6 +427,8 @@ def plots(results: dict, out: Path) -> list:
             for enc, mode, sched, style in (
                 ("none", "stream", "IMMEDIATE", ":"),
                 ("none", "ack", "ON_ACK", "-."),
+                ("base64", "stream", "IMMEDIATE", ":"),
+                ("base64", "ack", "ON_ACK", "-."),
             ):
                 rows = sorted(
                     (
@@ -408,16 +445,15 @@ def plots(results: dict, out: Path) -> list:
                         [e["case"]["size"] for e in rows],
                         [e["ceiling"].get(metric) for e in rows],
                         style,
-                        color="gray",
+                        color="gray" if enc == "none" else "black",
                         marker="x",
-                        label=f"ceiling none {mode}",
+                        label=f"ceiling {enc} {mode}",
                     )
             size_axis(ax, sizes)
             ax.set_yscale("log")
             ax.set_ylabel(ylabel)
         axes[0].set_title("WebSocket drain: packets/s")
         axes[1].set_title("WebSocket drain: payload MB/s")
-        axes[1].legend(fontsize=7, ncol=2)
         save(fig, "ws_drain.png")
 
     lat_scens = [n for n in ("live_latency", "rest_pub", "rpc") if n in by_name]
@@ -459,11 +495,11 @@ def plots(results: dict, out: Path) -> list:
                     )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            readable_log_ticks(ax.xaxis)
             ax.set_xlabel("latency (ms)")
             ax.set_ylabel("share of samples slower than x")
             ax.set_title(f"{name} latency distribution")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
         save(fig, "latency.png")
 
     if "fanout" in by_name:
@@ -502,7 +538,6 @@ def plots(results: dict, out: Path) -> list:
             ax.set_xscale("log")
             ax.set_xlabel("subscribers")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
         axes[0].set_yscale("log")
         axes[0].set_ylabel("packets/s delivered (all subscribers)")
         axes[1].set_ylabel("gateway CPU µs per delivered packet")
@@ -512,8 +547,9 @@ def plots(results: dict, out: Path) -> list:
 
     if "slow_consumer" in by_name:
         scen = by_name["slow_consumer"]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8, 5))
         drawn = False
+        notes = 0
         for ci, entry in enumerate(scen["cases"]):
             for li, label in enumerate(labels):
                 samples = entry["result"].get(label, {}).get("_samples")
@@ -526,26 +562,25 @@ def plots(results: dict, out: Path) -> list:
                         label=f"{label} {entry['name']}",
                     )
                     events = entry["result"][label].get("events_s") or {}
-                    for ei, (event, at) in enumerate(
-                        sorted(events.items(), key=lambda x: x[1])
-                    ):
+                    for event, at in sorted(events.items(), key=lambda x: x[1]):
                         ax.axvline(at, color=f"C{ci}", alpha=0.35, linestyle=":")
+                        # One row per note, top down, so none overlaps another.
                         ax.annotate(
-                            event,
-                            (at, 0.02 + 0.06 * ei),
+                            f" {label} {entry['name']}: {event}",
+                            (at, 0.95 - 0.065 * notes),
                             xycoords=("data", "axes fraction"),
                             fontsize=7,
                             color=f"C{ci}",
-                            rotation=90,
-                            ha="right",
+                            ha="left",
+                            va="top",
                         )
+                        notes += 1
                     drawn = True
         if drawn:
             ax.set_xlabel("seconds")
             ax.set_ylabel("gateway RSS (MB)")
             ax.set_title("Slow consumer: gateway resident memory")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
             save(fig, "slow_consumer.png")
         else:
             plt.close(fig)
@@ -556,12 +591,13 @@ def plots(results: dict, out: Path) -> list:
         names = [e["name"] for e in scen["cases"]]
         width = 0.8 / (len(labels) + 1)
         for li, label in enumerate(labels):
-            ax.bar(
+            bars = ax.bar(
                 [i + li * width for i in range(len(names))],
                 [e["result"].get(label, {}).get("rate") or 0 for e in scen["cases"]],
                 width,
                 label=label,
             )
+            ax.bar_label(bars, labels=[human(b.get_height()) for b in bars], fontsize=7)
         ceil = [e.get("ceiling", {}).get("rate") or 0 for e in scen["cases"]]
         if any(ceil):
             ax.bar(
@@ -571,12 +607,13 @@ def plots(results: dict, out: Path) -> list:
                 color="lightgray",
                 label="ceiling",
             )
+            ax.bar_label(ax.containers[-1], labels=[human(c) for c in ceil], fontsize=7)
         ax.set_xticks([i + width * len(labels) / 2 for i in range(len(names))])
         ax.set_xticklabels(names)
         ax.set_yscale("log")
+        readable_log_ticks(ax.yaxis)
         ax.set_ylabel("round trips/s")
         ax.set_title("REST RPC")
-        ax.legend(fontsize=8)
         save(fig, "rpc.png")
 
     return written

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -139,6 +141,47 @@ class Target:
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
+
+
+def check_external(target: Target, topic: str, timeout: float = 5.0) -> None:
+    """Publishes one packet on `topic` through `target` and checks that it
+    lands under the root the harness was told, so a wrong --root, an
+    unreachable server or a wrong token fails here, with the reason, and not
+    as a run of zeros.
+
+    Raises SystemExit with what is wrong.
+    """
+    name = f"server {target.label} ({target.url})"
+    body = json.dumps({"topic": topic, "packet": {"payload": "root check"}})
+    headers = {"Content-Type": "application/json"}
+    if target.token:
+        headers["Authorization"] = f"Bearer {target.token}"
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    try:
+        conn.request("POST", "/api/pub", body=body, headers=headers)
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+    except OSError as exc:
+        raise SystemExit(f"{name}: cannot reach it: {exc}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        hint = " (give its token with --token or --compare-token)"
+        raise SystemExit(
+            f"{name}: POST /api/pub answered {response.status} {text!r}"
+            f"{hint if response.status == 401 else ''}"
+        )
+    template = os.environ.get("A0_TOPIC_TMPL_PUBSUB", "{topic}.pubsub.a0")
+    path = os.path.join(target.root, template.replace("{topic}", topic))
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise SystemExit(
+                f"{name}: a packet it published is not under {target.root} "
+                f"(no {path}): is that its AlephZero root? Pass the server's "
+                "A0_ROOT with --root (or --compare-root)."
+            )
+        time.sleep(0.05)
 
 
 def parse_url(url: str) -> tuple:
