@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -38,6 +39,13 @@ STANDARD_HEADERS = {
 
 # Seconds allowed for anything the gateway should do "right away".
 TIMEOUT = 10.0
+
+
+def _die_with_parent() -> None:
+    """In a gateway child about to exec: the kernel sends it SIGTERM when the
+    test process dies, so a crashed test run leaves no gateway behind."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -128,6 +136,7 @@ class Gateway:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
+            preexec_fn=_die_with_parent,
         )
 
     @property
