@@ -139,6 +139,9 @@ struct PrpcSession {
   std::string connection_id;
 
   ~PrpcSession() {
+    // Empty until the request is known to go out: nothing to cancel then
+    // (and AlephZero would read an id of 36 bytes from it).
+    if (connection_id.empty()) return;
     try {
       client.cancel(connection_id);
     } catch (const std::exception&) {

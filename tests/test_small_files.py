@@ -9,6 +9,7 @@ gateway as they were.
 from __future__ import annotations
 
 import os
+import time
 
 import a0
 import httpx
@@ -98,11 +99,15 @@ def test_prpc_request_larger_than_topic_file_closes_1009(
         connections.append(conn.pkt.payload)
         conn.send(a0.Packet([], b"done"), True)
 
-    server = a0.PrpcServer("small", onconnect, lambda _id: None)
+    cancels: list[str] = []
+    server = a0.PrpcServer("small", onconnect, cancels.append)
     with ws_connect(gateway, "/wsapi/prpc") as ws:
         handshake(ws, topic="small", packet={"payload": TOO_LARGE})
         reason = expect_close(ws, 1009)
     assert "does not fit" in reason and "'small'" in reason
+    # A request that never went out has nothing to cancel.
+    time.sleep(0.3)
+    assert cancels == []
     with ws_connect(gateway, "/wsapi/prpc") as ws:
         handshake(ws, topic="small", packet={"payload": FITS})
         assert ws.recv(timeout=5)
