@@ -363,10 +363,13 @@ class HttpConnection(asyncio.Protocol):
         target = request.target.decode("ascii", "replace")
         path = target.partition("?")[0]
         opener = routes.STREAM_ROUTES.get(path)
-        if opener is None or request.method != b"GET":
+        if opener is None:
             # Not a stream route: answer as plain HTTP and close.
-            status = 404 if opener is None else 405
-            self._write_raw_response(status, f"No WebSocket route at {path}.")
+            self._write_raw_response(404, f"No WebSocket route at {path}.")
+            return
+        if request.method != b"GET":
+            method = request.method.decode("ascii", "replace")
+            self._write_raw_response(405, f"Method {method} not allowed on {path}.")
             return
 
         origin = self._origin()
@@ -402,6 +405,9 @@ class HttpConnection(asyncio.Protocol):
             extra += b"access-control-allow-origin: " + self.cors + b"\r\n"
         if status == Unauthorized.status:
             extra += b": ".join(AUTHENTICATE_HEADER) + b"\r\n"
+        elif status == MethodNotAllowed.status:
+            # Only stream routes are answered raw with 405: they take GET.
+            extra += b"allow: GET\r\n"
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n"

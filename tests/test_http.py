@@ -165,12 +165,27 @@ def test_http_websocket_upgrade_on_unknown_path_is_404(gateway: Gateway) -> None
     assert info.value.response.status_code == 404
 
 
-def upgrade_head(port: int, path: str, version: str = "13") -> bytes:
+def upgrade_head(
+    port: int, path: str, version: str = "13", method: str = "GET"
+) -> bytes:
     return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         f"Sec-WebSocket-Version: {version}\r\n\r\n"
     ).encode()
+
+
+def test_http_websocket_upgrade_with_post_is_405_allowing_get(
+    gateway: Gateway,
+) -> None:
+    head = upgrade_head(gateway.port, "/wsapi/sub", method="POST")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        status, headers, body = http_head_and_body(read_until_closed(sock))
+    assert status == 405
+    assert headers["allow"] == "GET"
+    assert body == b"Method POST not allowed on /wsapi/sub."
 
 
 @pytest.mark.parametrize(
