@@ -82,5 +82,12 @@ class PayloadTooLarge(ClientError):
     close_code = 1009
 
 
+class InsufficientStorage(RequestFailed):
+    """The AlephZero root's file system has no room for a write (full /dev/shm)."""
+
+    status = 507
+    close_code = 1011
+
+
 class ConfigError(GatewayError):
     """A command-line option or environment variable with an unusable value."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import Awaitable, Iterator
@@ -18,7 +19,12 @@ from typing import Callable, Union
 
 from a0gw import _native
 from a0gw.bridge import Bridge
-from a0gw.errors import ClientError, PayloadTooLarge, UpstreamTimeout
+from a0gw.errors import (
+    ClientError,
+    InsufficientStorage,
+    PayloadTooLarge,
+    UpstreamTimeout,
+)
 from a0gw.request import (
     HEADERS_FIELD,
     ITER_OPTIONS,
@@ -30,6 +36,8 @@ from a0gw.request import (
     bad_format,
     parse_stream_request,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -56,6 +64,10 @@ def native_errors() -> Iterator[None]:
         raise bad_format(PAYLOAD_FIELD, str(exc)) from None
     except _native.PacketTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from None
+    except _native.NoSpace as exc:
+        # The operator's problem more than the client's: say it in the log.
+        logger.warning("%s", exc)
+        raise InsufficientStorage(str(exc)) from None
     except _native.AlephZeroError as exc:
         raise ClientError(str(exc)) from None
 

@@ -72,6 +72,7 @@ PYBIND11_MODULE(_native, m) {
   py::register_exception<AlephZeroError>(m, "AlephZeroError", PyExc_RuntimeError);
   py::register_exception<InvalidBase64>(m, "InvalidBase64", PyExc_ValueError);
   py::register_exception<PacketTooLarge>(m, "PacketTooLarge", PyExc_ValueError);
+  py::register_exception<NoSpace>(m, "NoSpace", PyExc_OSError);
 
   m.attr("INIT_OLDEST") = static_cast<int>(a0::Reader::Init::OLDEST);
   m.attr("INIT_MOST_RECENT") = static_cast<int>(a0::Reader::Init::MOST_RECENT);

@@ -14,12 +14,13 @@ constexpr uint64_t kAddedHeadersBound = 1024;
 
 }  // namespace
 
-void check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what) {
-  if (file_size == 0) return;
+uint64_t check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what) {
   a0_packet_stats_t stats;
   if (a0_packet_stats(*pkt.c, &stats) != A0_OK) throw PacketTooLarge("Packet size unknown.");
   uint64_t overhead = kTransportHeaderSize + sizeof(a0_transport_frame_hdr_t) + kAddedHeadersBound;
-  if (stats.serial_size + overhead <= file_size) return;
+  if (file_size == 0 || stats.serial_size + overhead <= file_size) {
+    return stats.serial_size + overhead;
+  }
   uint64_t room = file_size > overhead ? file_size - overhead : 0;
   throw PacketTooLarge("Packet of " + std::to_string(stats.serial_size) + " bytes does not fit in " +
                        what + ": its file has " + std::to_string(file_size) +
@@ -46,9 +47,13 @@ void PublisherCache::publish(const std::string& topic, const HeaderList& headers
   try {
     a0::Publisher& publisher =
         publishers_.get(topic, [](const std::string& t) { return a0::Publisher(t); });
-    check_packet_fits(pkt, publishers_.file_size(topic), "topic '" + topic + "'");
+    std::string what = "topic '" + topic + "'";
+    uint64_t need = check_packet_fits(pkt, publishers_.file_size(topic), what);
+    publishers_.check_space(topic, need, what);
     publisher.pub(pkt);
   } catch (const PacketTooLarge&) {
+    throw;
+  } catch (const NoSpace&) {
     throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
@@ -62,11 +67,14 @@ void write_file(const std::string& path, const HeaderList& headers, std::string_
   try {
     check_alephzero_file(path);
     a0::File file(path);
-    check_packet_fits(pkt, file.size(), "file '" + path + "'");
+    std::string what = "file '" + path + "'";
+    check_space(path, check_packet_fits(pkt, file.size(), what), what);
     a0::Writer writer{file};
     if (standard_headers) writer.push(a0::add_standard_headers());
     writer.write(pkt);
   } catch (const PacketTooLarge&) {
+    throw;
+  } catch (const NoSpace&) {
     throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());

@@ -33,8 +33,9 @@ struct PacketTooLarge : std::invalid_argument {
 
 // Throws PacketTooLarge unless `pkt`, with the headers AlephZero's writers
 // add, fits in an AlephZero file of `file_size` bytes (0: unknown, not
-// checked); `what` names the file in the message.
-void check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what);
+// checked); `what` names the file in the message.  Returns the bytes the
+// packet takes in the file, at most.
+uint64_t check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std::string& what);
 
 // Builds a packet, decoding a base64 payload first.  The packet refers to
 // `payload` or to `decoded`, which must outlive it.  Raises InvalidBase64.

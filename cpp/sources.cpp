@@ -18,6 +18,8 @@ auto rethrow_as_alephzero_error(Fn&& fn) -> decltype(fn()) {
     return fn();
   } catch (const PacketTooLarge&) {
     throw;
+  } catch (const NoSpace&) {
+    throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
   }
@@ -160,8 +162,10 @@ std::shared_ptr<Stream> open_prpc(std::shared_ptr<Hub> hub, uint64_t id, const s
     check_topic_file(a0::env::topic_tmpl_prpc(), topic);
     auto session = std::make_shared<PrpcSession>();
     session->client = a0::PrpcClient(a0::PrpcTopic(topic));
-    check_packet_fits(request, topic_file_identity(a0::env::topic_tmpl_prpc(), topic).size,
-                      "prpc topic '" + topic + "'");
+    std::string what = "prpc topic '" + topic + "'";
+    const char* tmpl = a0::env::topic_tmpl_prpc();
+    uint64_t need = check_packet_fits(request, topic_file_identity(tmpl, topic).size, what);
+    check_space(std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic), need, what);
     session->connection_id = std::string(request.id());
     return session;
   });
@@ -225,7 +229,9 @@ std::shared_ptr<Stream> RpcClients::call(std::shared_ptr<Hub> hub, uint64_t id,
     // rather than freed.
     a0::RpcClient& client =
         clients_.get(topic, [](const std::string& t) { return a0::RpcClient(t); });
-    check_packet_fits(request, clients_.file_size(topic), "rpc topic '" + topic + "'");
+    std::string what = "rpc topic '" + topic + "'";
+    clients_.check_space(topic, check_packet_fits(request, clients_.file_size(topic), what),
+                         what);
     client.send(request, [stream](a0::Packet reply) { stream->deliver_packet(reply); });
   });
   return stream;

@@ -8,13 +8,16 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <a0.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -27,6 +30,7 @@ struct FileIdentity {
   uint64_t dev = 0;
   uint64_t ino = 0;
   uint64_t size = 0;  // Bytes, when it was looked at; not part of the identity.
+  bool sparse = false;  // Some of it not yet backed by storage, when looked at.
   bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
 };
 
@@ -36,7 +40,71 @@ inline FileIdentity topic_file_identity(const char* tmpl, const std::string& top
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return {};
   return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
-          static_cast<uint64_t>(st.st_size)};
+          static_cast<uint64_t>(st.st_size),
+          static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size)};
+}
+
+// Raised when the file system of the AlephZero root cannot back the pages a
+// write may touch.  AlephZero creates its files sparse and writes them
+// through a mapping: on a full file system (a full /dev/shm) that write kills
+// the process with SIGBUS, so it is refused before it happens.
+struct NoSpace : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Free bytes kept in hand beyond a packet's own size: the frame and index
+// may touch a page or two more, and other processes write too.
+constexpr uint64_t kSpaceMargin = 64 * 1024;
+
+// What statvfs last said about one file system, so that most writes need no
+// statvfs of their own: while there is plenty of room, a budget of half of
+// it (the other half is left for other processes) is spent for a short while.
+struct SpaceBudget {
+  std::mutex mu;
+  uint64_t dev = 0;
+  uint64_t bytes = 0;
+  std::chrono::steady_clock::time_point until;
+};
+
+inline SpaceBudget& space_budget() {
+  static SpaceBudget budget;
+  return budget;
+}
+
+// Throws NoSpace unless a write of about `need` bytes to the file at `path`
+// (on device `dev`) is safe: the file is fully backed already, or its file
+// system has room.
+inline void check_space(const std::string& path, uint64_t dev, bool sparse, uint64_t need,
+                        const std::string& what) {
+  if (!sparse) return;
+  SpaceBudget& budget = space_budget();
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lk(budget.mu);
+  if (budget.dev == dev && now < budget.until && budget.bytes >= need) {
+    budget.bytes -= need;
+    return;
+  }
+  struct statvfs vfs;
+  if (::statvfs(path.c_str(), &vfs) != 0) return;
+  uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  if (avail >= need + kSpaceMargin) {
+    budget.dev = dev;
+    budget.bytes = (avail - need - kSpaceMargin) / 2;
+    budget.until = now + std::chrono::milliseconds(50);
+    return;
+  }
+  budget.bytes = 0;
+  throw NoSpace("No space left to write to " + what + ": its file system has " +
+                std::to_string(avail) + " bytes free and the packet needs about " +
+                std::to_string(need) + " (the file is not fully allocated yet).");
+}
+
+// The same for a file looked up by path.
+inline void check_space(const std::string& path, uint64_t need, const std::string& what) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return;
+  bool sparse = static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size);
+  check_space(path, static_cast<uint64_t>(st.st_dev), sparse, need, what);
 }
 
 // Whether `path` (which may not exist yet) resolves, through any symbolic
@@ -126,7 +194,11 @@ class TopicCache {
     const char* tmpl = tmpl_();
     auto it = entries_.find(topic);
     if (it != entries_.end()) {
-      if (topic_file_identity(tmpl, topic) == it->second.identity) return it->second.object;
+      FileIdentity now = topic_file_identity(tmpl, topic);
+      if (now == it->second.identity) {
+        it->second.identity = now;  // Same file: its size and allocation as of now.
+        return it->second.object;
+      }
       entries_.erase(it);
     }
     if (entries_.size() >= capacity_) entries_.erase(entries_.begin());
@@ -138,8 +210,16 @@ class TopicCache {
     }
     check_alephzero_file(path);
     T object = make(topic);
-    Entry entry{std::move(object), topic_file_identity(tmpl, topic)};
+    Entry entry{std::move(object), topic_file_identity(tmpl, topic), path};
     return entries_.emplace(topic, std::move(entry)).first->second.object;
+  }
+
+  // check_space() for the file of the object open for `topic`, as of get().
+  void check_space(const std::string& topic, uint64_t need, const std::string& what) const {
+    auto it = entries_.find(topic);
+    if (it == entries_.end()) return;
+    const FileIdentity& id = it->second.identity;
+    a0gw::check_space(it->second.path, id.dev, id.sparse, need, what);
   }
 
   // Size of the file behind the object open for `topic` (0: unknown).
@@ -158,6 +238,7 @@ class TopicCache {
   struct Entry {
     T object;
     FileIdentity identity;
+    std::string path;
   };
 
   size_t capacity_;
