@@ -22,9 +22,10 @@ uint64_t check_packet_fits(const a0::Packet& pkt, uint64_t file_size, const std:
     return stats.serial_size + overhead;
   }
   uint64_t room = file_size > overhead ? file_size - overhead : 0;
-  throw PacketTooLarge("Packet of " + std::to_string(stats.serial_size) + " bytes does not fit in " +
-                       what + ": its file has " + std::to_string(file_size) +
-                       " bytes, room for packets up to about " + std::to_string(room) + ".");
+  throw PacketTooLarge("Packet of " + std::to_string(stats.serial_size) +
+                       " bytes does not fit in " + what + ": its file has " +
+                       std::to_string(file_size) + " bytes, room for packets up to about " +
+                       std::to_string(room) + ".");
 }
 
 a0::Packet make_packet(const HeaderList& headers, std::string_view payload, bool payload_is_base64,
@@ -51,9 +52,7 @@ void PublisherCache::publish(const std::string& topic, const HeaderList& headers
     uint64_t need = check_packet_fits(pkt, publishers_.file_size(topic), what);
     publishers_.check_space(topic, need, what);
     publisher.pub(pkt);
-  } catch (const PacketTooLarge&) {
-    throw;
-  } catch (const NoSpace&) {
+  } catch (const WriteRefused&) {
     throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
@@ -68,13 +67,11 @@ void write_file(const std::string& path, const HeaderList& headers, std::string_
     check_alephzero_file(path);
     a0::File file(path);
     std::string what = "file '" + path + "'";
-    check_space(path, check_packet_fits(pkt, file.size(), what), what);
+    check_space(path, file_identity(path), check_packet_fits(pkt, file.size(), what), what);
     a0::Writer writer{file};
     if (standard_headers) writer.push(a0::add_standard_headers());
     writer.write(pkt);
-  } catch (const PacketTooLarge&) {
-    throw;
-  } catch (const NoSpace&) {
+  } catch (const WriteRefused&) {
     throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());

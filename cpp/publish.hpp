@@ -27,8 +27,8 @@ struct InvalidBase64 : std::invalid_argument {
 
 // A packet too large for the AlephZero file it would be written to.  AlephZero
 // 0.3 does not check this itself: its writer writes past the end of the file.
-struct PacketTooLarge : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
+struct PacketTooLarge : WriteRefused {
+  using WriteRefused::WriteRefused;
 };
 
 // Throws PacketTooLarge unless `pkt`, with the headers AlephZero's writers

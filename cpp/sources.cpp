@@ -16,9 +16,7 @@ template <typename Fn>
 auto rethrow_as_alephzero_error(Fn&& fn) -> decltype(fn()) {
   try {
     return fn();
-  } catch (const PacketTooLarge&) {
-    throw;
-  } catch (const NoSpace&) {
+  } catch (const WriteRefused&) {
     throw;
   } catch (const std::exception& e) {
     throw AlephZeroError(e.what());
@@ -27,7 +25,7 @@ auto rethrow_as_alephzero_error(Fn&& fn) -> decltype(fn()) {
 
 // Refuses a topic whose existing file AlephZero would misread.
 void check_topic_file(const char* tmpl, const std::string& topic) {
-  check_alephzero_file(std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic));
+  check_alephzero_file(topic_file_path(tmpl, topic));
 }
 
 // Packet buffers for AlephZero's C readers; each is freed after its callback.
@@ -163,9 +161,9 @@ std::shared_ptr<Stream> open_prpc(std::shared_ptr<Hub> hub, uint64_t id, const s
     auto session = std::make_shared<PrpcSession>();
     session->client = a0::PrpcClient(a0::PrpcTopic(topic));
     std::string what = "prpc topic '" + topic + "'";
-    const char* tmpl = a0::env::topic_tmpl_prpc();
-    uint64_t need = check_packet_fits(request, topic_file_identity(tmpl, topic).size, what);
-    check_space(std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic), need, what);
+    std::string path = topic_file_path(a0::env::topic_tmpl_prpc(), topic);
+    FileIdentity file = file_identity(path);  // One look at it serves both checks.
+    check_space(path, file, check_packet_fits(request, file.size, what), what);
     session->connection_id = std::string(request.id());
     return session;
   });

@@ -34,9 +34,13 @@ struct FileIdentity {
   bool operator==(const FileIdentity& o) const { return dev == o.dev && ino == o.ino; }
 };
 
-// Identity of the file a topic of protocol template `tmpl` lives in.
-inline FileIdentity topic_file_identity(const char* tmpl, const std::string& topic) {
-  std::string path = std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
+// Path of the file a topic of protocol template `tmpl` lives in.
+inline std::string topic_file_path(const char* tmpl, const std::string& topic) {
+  return std::string(a0::env::root()) + "/" + a0::topic_path(tmpl, topic);
+}
+
+// Identity of the file at `path`; zeros when it does not exist.
+inline FileIdentity file_identity(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return {};
   return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
@@ -44,12 +48,23 @@ inline FileIdentity topic_file_identity(const char* tmpl, const std::string& top
           static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size)};
 }
 
+// Identity of the file a topic of protocol template `tmpl` lives in.
+inline FileIdentity topic_file_identity(const char* tmpl, const std::string& topic) {
+  return file_identity(topic_file_path(tmpl, topic));
+}
+
+// A write refused before it reaches AlephZero, with a reason for the client;
+// what AlephZero itself throws is wrapped as AlephZeroError instead.
+struct WriteRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // Raised when the file system of the AlephZero root cannot back the pages a
 // write may touch.  AlephZero creates its files sparse and writes them
 // through a mapping: on a full file system (a full /dev/shm) that write kills
 // the process with SIGBUS, so it is refused before it happens.
-struct NoSpace : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct NoSpace : WriteRefused {
+  using WriteRefused::WriteRefused;
 };
 
 // Free bytes kept in hand beyond a packet's own size: the frame and index
@@ -99,12 +114,10 @@ inline void check_space(const std::string& path, uint64_t dev, bool sparse, uint
                 std::to_string(need) + " (the file is not fully allocated yet).");
 }
 
-// The same for a file looked up by path.
-inline void check_space(const std::string& path, uint64_t need, const std::string& what) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return;
-  bool sparse = static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size);
-  check_space(path, static_cast<uint64_t>(st.st_dev), sparse, need, what);
+// The same for the file at `path` as `id` describes it.
+inline void check_space(const std::string& path, const FileIdentity& id, uint64_t need,
+                        const std::string& what) {
+  check_space(path, id.dev, id.sparse, need, what);
 }
 
 // Whether `path` (which may not exist yet) resolves, through any symbolic
@@ -204,13 +217,13 @@ class TopicCache {
     if (entries_.size() >= capacity_) entries_.erase(entries_.begin());
     // Checked before the object creates the file, so nothing appears outside.
     std::string root = a0::env::root();
-    std::string path = root + "/" + a0::topic_path(tmpl, topic);
+    std::string path = topic_file_path(tmpl, topic);
     if (!resolves_under(root, path)) {
       throw OutsideRoot("Topic '" + topic + "' is outside the AlephZero root.");
     }
     check_alephzero_file(path);
     T object = make(topic);
-    Entry entry{std::move(object), topic_file_identity(tmpl, topic), path};
+    Entry entry{std::move(object), file_identity(path), path};
     return entries_.emplace(topic, std::move(entry)).first->second.object;
   }
 
@@ -218,8 +231,7 @@ class TopicCache {
   void check_space(const std::string& topic, uint64_t need, const std::string& what) const {
     auto it = entries_.find(topic);
     if (it == entries_.end()) return;
-    const FileIdentity& id = it->second.identity;
-    a0gw::check_space(it->second.path, id.dev, id.sparse, need, what);
+    a0gw::check_space(it->second.path, it->second.identity, need, what);
   }
 
   // Size of the file behind the object open for `topic` (0: unknown).
